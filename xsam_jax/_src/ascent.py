@@ -1,0 +1,177 @@
+r"""The ascent phase shared by every method: k normalised steps on the same batch.
+
+.. math::
+  \vartheta_0 = \theta, \qquad
+  \vartheta_{i+1} = \vartheta_i + \tfrac{\rho}{k}\, d(g_i), \qquad g_i = \nabla L(\vartheta_i),
+
+where :math:`d` is the maximiser of :math:`\langle g, \epsilon\rangle` on the unit ball of
+the chosen norm (Foret et al. 2021, Eq. 2): for the p-norm ball with dual exponent
+:math:`q = p/(p-1)`,
+
+.. math::
+  d(g) = \operatorname{sign}(g)\, |g|^{q-1} / \|g\|_q^{q-1},
+
+which is :math:`g/\|g\|_2` for p = 2 and :math:`\operatorname{sign}(g)` for p = ∞. ASAM
+(Kwon et al. 2021) ascends in the space rescaled by :math:`T_w = |w| + \eta`:
+:math:`d(g) = T_w\, \hat d(T_w g)`, which for p = 2 is the official
+:math:`T_w^2 g / \|T_w g\|`. Without normalisation (USAM) :math:`d(g) = g`.
+
+The chord :math:`\vartheta_k - \theta` is accumulated in float32 (exact for bf16 params,
+and XSAM needs it as :math:`v_0`); points in parameter space keep the params' dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from xsam_jax._src import tree_math
+from xsam_jax._src.validation import check_positive_int, check_range, static_value
+
+PyTree = Any
+Mask = PyTree | Callable[[PyTree], PyTree] | None
+
+
+@dataclasses.dataclass(frozen=True)
+class AscentConfig:
+    """Static description of the ascent (see module docstring)."""
+
+    steps: int = 1
+    norm: float = 2.0
+    normalize: bool = True
+    adaptive: bool = False
+    eta: float = 0.01
+    adaptive_mask: Mask = None
+    eps: float = 1e-12
+
+
+def _parse_norm(norm: Any) -> float:
+    if isinstance(norm, str):
+        if norm.lower() in ("inf", "infinity"):
+            return math.inf
+        raise ValueError(f"norm must be a number p > 1 or 'inf', got {norm!r}.")
+    try:
+        p = float(norm)
+    except (TypeError, ValueError):
+        raise ValueError(f"norm must be a number p > 1 or 'inf', got {norm!r}.") from None
+    if math.isnan(p) or p <= 1:
+        raise ValueError(f"norm must be a number p > 1 or 'inf', got {norm!r}.")
+    return p
+
+
+def make_config(
+    *,
+    ascent_steps: int = 1,
+    norm: Any = 2,
+    normalize: bool = True,
+    adaptive: bool = False,
+    eta: float = 0.01,
+    adaptive_mask: Mask = None,
+    eps: float = 1e-12,
+) -> AscentConfig:
+    """Validate the ascent arguments (ValueError naming the argument) and freeze them."""
+    if static_value(ascent_steps) is None:
+        raise ValueError(
+            "ascent_steps must be a Python int: it fixes the number of gradient evaluations "
+            "when the step is traced. Under optax.inject_hyperparams, pass "
+            "static_args=('ascent_steps',)."
+        )
+    check_positive_int("ascent_steps", ascent_steps)
+    check_range("eta", eta, low=0.0)
+    check_range("eps", eps, low=0.0)
+    if adaptive_mask is not None and not adaptive:
+        raise ValueError("adaptive_mask only applies with adaptive=True (ASAM).")
+    return AscentConfig(
+        steps=int(ascent_steps),
+        norm=_parse_norm(norm),
+        normalize=bool(normalize),
+        adaptive=bool(adaptive),
+        eta=eta,
+        adaptive_mask=adaptive_mask,
+        eps=eps,
+    )
+
+
+def _dual_direction(g: PyTree, cfg: AscentConfig) -> PyTree:
+    """argmax_{||e||_p <= 1} <g, e> in float32; zero for a zero gradient."""
+    g = tree_math.to_float32(g)
+    if not cfg.normalize:
+        return g
+    if cfg.norm == 2.0:
+        scale = 1.0 / (tree_math.norm(g) + cfg.eps)
+        return jax.tree.map(lambda x: x * scale, g)
+    if math.isinf(cfg.norm):
+        return jax.tree.map(jnp.sign, g)
+    q = cfg.norm / (cfg.norm - 1.0)
+    # Divide by max|g| first: |g|^q under- or overflows float32 for q far from 2.
+    peak = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jax.tree.leaves(g)]))
+    peak = jnp.where(peak > 0, peak, 1.0)
+    mags = jax.tree.map(lambda x: jnp.abs(x) / peak, g)
+    q_norm = sum(jnp.sum(m**q) for m in jax.tree.leaves(mags)) ** (1.0 / q)
+    denom = q_norm ** (q - 1.0) + cfg.eps
+    return jax.tree.map(lambda x, m: jnp.sign(x) * m ** (q - 1.0) / denom, g, mags)
+
+
+def adaptive_scale(params: PyTree, cfg: AscentConfig) -> PyTree:
+    """T_w = |w| + eta on the leaves selected by `adaptive_mask`, 1 elsewhere (float32)."""
+    mask = cfg.adaptive_mask
+    if mask is None:
+        return jax.tree.map(lambda w: jnp.abs(w.astype(jnp.float32)) + cfg.eta, params)
+    if callable(mask):
+        mask = mask(params)
+
+    def scale_subtree(selected, subtree):
+        if not isinstance(selected, bool | jnp.bool_):
+            raise ValueError(
+                "adaptive_mask must hold Python bools (like optax masks), got a leaf of type "
+                f"{type(selected).__name__}."
+            )
+        if selected:
+            return jax.tree.map(lambda w: jnp.abs(w.astype(jnp.float32)) + cfg.eta, subtree)
+        return jax.tree.map(lambda w: jnp.ones((), jnp.float32), subtree)
+
+    # The mask may be a prefix of the params tree, as for optax.masked.
+    return jax.tree.map(scale_subtree, mask, params)
+
+
+def ascent_step_direction(g: PyTree, scale: PyTree | None, cfg: AscentConfig) -> PyTree:
+    """d(g) of the module docstring (float32)."""
+    if scale is None:
+        return _dual_direction(g, cfg)
+    scaled = jax.tree.map(lambda t, x: t * x.astype(jnp.float32), scale, g)
+    return jax.tree.map(lambda t, u: t * u, scale, _dual_direction(scaled, cfg))
+
+
+def ascend(
+    grad_fn: Callable[[PyTree], PyTree],
+    params: PyTree,
+    g0: PyTree,
+    rho: jax.Array,
+    cfg: AscentConfig,
+) -> tuple[PyTree, PyTree]:
+    """Run the ascent from `params` whose gradient there is `g0`.
+
+    Args:
+      grad_fn: p -> gradient of the loss at p (already averaged as the policy says).
+      params: the current parameters θ.
+      g0: the gradient at θ (not recomputed).
+      rho: total ascent length ρ (each step has length ρ/k).
+      cfg: the static ascent configuration.
+
+    Returns:
+      (g_k, chord): the gradient at the last ascent point ϑ_k and ϑ_k − θ in float32.
+      Costs k gradient evaluations.
+    """
+    scale = adaptive_scale(params, cfg) if cfg.adaptive else None
+    step = rho / cfg.steps
+    chord = jax.tree.map(lambda d: step * d, ascent_step_direction(g0, scale, cfg))
+    for _ in range(cfg.steps - 1):
+        g = grad_fn(tree_math.add_scaled(params, [1.0], [chord]))
+        chord = jax.tree.map(lambda c, d: c + step * d, chord, ascent_step_direction(g, scale, cfg))
+    g_k = grad_fn(tree_math.add_scaled(params, [1.0], [chord]))
+    return g_k, chord
