@@ -1,0 +1,73 @@
+"""GSAM and WSAM against their update rules written from the papers."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+from _reference import W0, ascent, grad_np, loss_jax, to_tree, to_vec
+
+import xsam_jax as xs
+
+
+def one_update(tx, w=W0):
+    params = to_tree(w)
+    grads = jax.grad(loss_jax)(params)
+    updates, _ = jax.jit(lambda g, s, p: tx.update(g, s, p, loss_fn=loss_jax))(
+        grads, tx.init(params), params
+    )
+    return updates
+
+
+@pytest.mark.parametrize("alpha", [0.1, 0.4, 1.0])
+def test_gsam_matches_reference(alpha):
+    rho = 0.3
+    g0 = grad_np(W0)
+    g_p, _ = ascent(W0, rho)
+    g0_perp = g0 - (g0 @ g_p) / (g_p @ g_p) * g_p
+    expected = g_p - alpha * g0_perp
+    np.testing.assert_allclose(
+        to_vec(one_update(xs.gsam(rho, alpha))), expected, rtol=2e-5, atol=1e-6
+    )
+    # The removed component is orthogonal to the SAM gradient, so <d, g_p> = ||g_p||^2.
+    assert np.isclose(to_vec(one_update(xs.gsam(rho, alpha))) @ g_p, g_p @ g_p, rtol=1e-5)
+
+
+def test_gsam_alpha_zero_is_sam():
+    a, b = one_update(xs.gsam(0.2, alpha=0.0)), one_update(xs.sam(0.2))
+    np.testing.assert_allclose(to_vec(a), to_vec(b), rtol=1e-6)
+
+
+@pytest.mark.parametrize("gamma", [0.3, 0.9])
+def test_wsam_matches_reference(gamma):
+    rho = 0.3
+    g_p, _ = ascent(W0, rho)
+    expected = (1 - 2 * gamma) / (1 - gamma) * grad_np(W0) + gamma / (1 - gamma) * g_p
+    np.testing.assert_allclose(to_vec(one_update(xs.wsam(rho, gamma))), expected, rtol=2e-5)
+
+
+def test_wsam_half_is_sam_and_zero_is_the_clean_gradient():
+    for a, b in zip(
+        jax.tree.leaves(one_update(xs.wsam(0.2, gamma=0.5))),
+        jax.tree.leaves(one_update(xs.sam(0.2))),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+    clean = jax.grad(loss_jax)(to_tree(W0))
+    for a, b in zip(
+        jax.tree.leaves(one_update(xs.wsam(0.2, gamma=0.0))), jax.tree.leaves(clean), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_wsam_gamma_zero_takes_no_second_gradient():
+    """gamma = 0 must cost one gradient: loss_fn is never traced."""
+    calls = []
+
+    def counting_loss(p):
+        calls.append(1)
+        return loss_jax(p)
+
+    tx = optax.chain(xs.wsam(0.2, gamma=0.0), optax.sgd(0.1))
+    params = to_tree(W0)
+    tx.update(jax.grad(loss_jax)(params), tx.init(params), params, loss_fn=counting_loss)
+    assert calls == []
