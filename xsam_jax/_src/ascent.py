@@ -51,6 +51,11 @@ class AscentConfig:
 
 
 def _parse_norm(norm: Any) -> float:
+    if not isinstance(norm, str) and static_value(norm) is None:
+        raise ValueError(
+            "norm must be a Python number or 'inf': it selects the ascent direction when the "
+            "step is traced. Under optax.inject_hyperparams, pass static_args=('norm',)."
+        )
     if isinstance(norm, str):
         if norm.lower() in ("inf", "infinity"):
             return math.inf
@@ -66,15 +71,22 @@ def _parse_norm(norm: Any) -> float:
 
 def make_config(
     *,
-    ascent_steps: int = 1,
-    norm: Any = 2,
+    ascent_steps: int | None = None,
+    norm: Any = None,
     normalize: bool = True,
     adaptive: bool = False,
     eta: float = 0.01,
     adaptive_mask: Mask = None,
     eps: float = 1e-12,
 ) -> AscentConfig:
-    """Validate the ascent arguments (ValueError naming the argument) and freeze them."""
+    """Validate the ascent arguments (ValueError naming the argument) and freeze them.
+
+    `ascent_steps` and `norm` default to None (meaning 1 and 2) rather than to numbers because
+    `optax.inject_hyperparams` turns every numeric argument, defaults included, into a traced
+    hyperparameter, and these two shape the computation.
+    """
+    ascent_steps = 1 if ascent_steps is None else ascent_steps
+    norm = 2 if norm is None else norm
     if static_value(ascent_steps) is None:
         raise ValueError(
             "ascent_steps must be a Python int: it fixes the number of gradient evaluations "

@@ -14,8 +14,8 @@ from xsam_jax._src.parallel import Averaging
 def sam(
     rho: float | optax.Schedule = 0.05,
     *,
-    ascent_steps: int = 1,
-    norm: float | str = 2,
+    ascent_steps: int | None = None,
+    norm: float | str | None = None,
     adaptive: bool = False,
     eta: float = 0.01,
     adaptive_mask: Any = None,
@@ -47,8 +47,10 @@ def sam(
     Args:
       rho: total ascent length ρ ≥ 0, a float or an `optax.Schedule` of the step count. On a
         step whose ρ is 0 the clean gradient is returned and no second gradient is taken.
-      ascent_steps: number k ≥ 1 of ascent steps.
-      norm: p of the ρ-ball: 2, ``'inf'``, or any number p > 1.
+      ascent_steps: number k ≥ 1 of ascent steps; None means 1.
+      norm: p of the ρ-ball: 2, ``'inf'``, or any number p > 1; None means 2. Both default to
+        None, not to numbers, so that `optax.inject_hyperparams` (which traces every numeric
+        argument) leaves them static: they fix the shape of the computation.
       adaptive: ascend in the space rescaled by :math:`T_w = |w| + \eta` (ASAM).
       eta: ASAM's η ≥ 0.
       adaptive_mask: which leaves ASAM rescales (a pytree of bools, possibly a prefix of the
@@ -83,7 +85,16 @@ def sam(
 
 
 def asam(
-    rho: float | optax.Schedule = 0.5, eta: float = 0.01, **kwargs: Any
+    rho: float | optax.Schedule = 0.5,
+    eta: float = 0.01,
+    *,
+    ascent_steps: int | None = None,
+    norm: float | str | None = None,
+    adaptive_mask: Any = None,
+    normalize: bool = True,
+    eps: float = 1e-12,
+    axis_name: str | None = None,
+    local_perturbation: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adaptive SAM: SAM in the space rescaled by :math:`T_w = |w| + \eta`.
 
@@ -102,8 +113,8 @@ def asam(
       rho: total ascent length in the rescaled space (ASAM's default 0.5; 2.0 is common with
         label smoothing on CIFAR); a float or a schedule.
       eta: η ≥ 0, keeps zero weights perturbable.
-      **kwargs: any other argument of `sam` (``ascent_steps``, ``norm``, ``adaptive_mask``,
-        ``axis_name``, ...).
+      ascent_steps, norm, adaptive_mask, normalize, eps, axis_name, local_perturbation: as in
+        `sam`.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` (see `sam`).
@@ -112,5 +123,15 @@ def asam(
       Kwon et al., `ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning
       of Deep Neural Networks <https://arxiv.org/abs/2102.11600>`_, ICML 2021.
     """
-    kwargs.pop("adaptive", None)
-    return sam(rho, eta=eta, adaptive=True, **kwargs)
+    return sam(
+        rho,
+        ascent_steps=ascent_steps,
+        norm=norm,
+        adaptive=True,
+        eta=eta,
+        adaptive_mask=adaptive_mask,
+        normalize=normalize,
+        eps=eps,
+        axis_name=axis_name,
+        local_perturbation=local_perturbation,
+    )

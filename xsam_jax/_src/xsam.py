@@ -41,6 +41,8 @@ class XSAMState(NamedTuple):
 
 
 def _static_grid(alpha_max: Any, alpha_step: Any):
+    alpha_max = 2.0 if alpha_max is None else alpha_max
+    alpha_step = 0.1 if alpha_step is None else alpha_step
     if static_value(alpha_max) is None or static_value(alpha_step) is None:
         raise ValueError(
             "alpha_max and alpha_step must be Python floats: they fix the number of search "
@@ -56,9 +58,9 @@ def xsam(
     rho: float | optax.Schedule = 0.15,
     rho_max: float | optax.Schedule = 0.3,
     *,
-    ascent_steps: int = 1,
-    alpha_max: float = 2.0,
-    alpha_step: float = 0.1,
+    ascent_steps: int | None = None,
+    alpha_max: float | None = None,
+    alpha_step: float | None = None,
     search_every: int | None = 1,
     alpha_init: float = 1.0,
     adaptive: bool = False,
@@ -109,9 +111,11 @@ def xsam(
         gradient without any extra gradient or search.
       rho_max: probe radius ρ_max ≥ 0 (an absolute distance; float or schedule); the search is
         skipped on steps where it is 0.
-      ascent_steps: number k ≥ 1 of ascent steps.
-      alpha_max: a ≥ 0, largest candidate α.
-      alpha_step: Δ > 0, grid spacing (defaults give 21 candidates).
+      ascent_steps: number k ≥ 1 of ascent steps; None means 1.
+      alpha_max: a ≥ 0, largest candidate α; None means 2.0.
+      alpha_step: Δ > 0, grid spacing; None means 0.1 (21 candidates with a = 2). These three
+        default to None, not to numbers, so that `optax.inject_hyperparams` (which traces every
+        numeric argument) leaves them static: they fix the shape of the computation.
       search_every: search period in steps (≥ 1), or None for a fixed α.
       alpha_init: α used before the first search, or always when ``search_every=None``.
       adaptive: ASAM ascent (see above).
