@@ -18,6 +18,11 @@ import jax
 from jax import lax
 
 
+def _manual_axes() -> frozenset:
+    """Axes of the enclosing `shard_map` (pmap is one too); empty under `vmap` or plain jit."""
+    return frozenset(jax.sharding.get_abstract_mesh().manual_axes)
+
+
 def _varying_axes(x: jax.Array) -> frozenset:
     aval = jax.typeof(x)
     manual = getattr(aval, "manual_axis_type", None)
@@ -49,11 +54,12 @@ class Averaging:
 
         Inside `shard_map`, differentiating with respect to a replicated (invariant) value
         returns the *sum* over replicas; casting the point to device-varying first yields
-        the local gradient, which we then average ourselves.
+        the local gradient, which we then average ourselves. Under `vmap` with a named axis
+        (groups of one device's batch) values are per-group already and no cast applies.
         """
 
         def to_varying(x):
-            if self.axis_name in _varying_axes(x):
+            if self.axis_name not in _manual_axes() or self.axis_name in _varying_axes(x):
                 return x
             return lax.pcast(x, self.axis_name, to="varying")
 
