@@ -1,0 +1,119 @@
+"""Flax NNX classifiers for the SAM/XSAM experiments, and a registry to build them by name.
+
+Every model is built as `create(name, num_classes, rngs=nnx.Rngs(seed), **kw)` and called
+as `model(x)` with NHWC images or `(N, L[, C])` signals. Models start in train mode
+(BatchNorm normalises with batch statistics and updates its running averages, dropout is
+active). Two standard NNX ways switch the mode:
+
+- in place: `model.eval()` / `model.train()`;
+- functionally, without touching `model`: `nnx.view(model, use_running_average=True,
+  deterministic=True, raise_if_not_found=False)` returns a view that shares the arrays
+  (`raise_if_not_found=False` because models without BatchNorm or dropout lack one of the
+  attributes).
+
+Example::
+
+    from flax import nnx
+    from xsam_jax import models
+
+    model = models.create("resnet18", 10, rngs=nnx.Rngs(0))
+    logits = model(images)  # train mode
+    eval_logits = nnx.view(model, use_running_average=True, raise_if_not_found=False)(images)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+from flax import nnx
+
+from xsam_jax.models.densenet import DenseNet, densenet121
+from xsam_jax.models.resnet import ResNet, resnet18, resnet34, resnet50
+from xsam_jax.models.small import CNN1D, MLP
+from xsam_jax.models.transformer import TransformerClassifier
+from xsam_jax.models.vgg import VGG, vgg11, vgg16
+from xsam_jax.models.wide_resnet import WideResNet, wrn16_8, wrn28_10
+
+_REGISTRY: dict[str, Callable[..., nnx.Module]] = {
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "wrn16_8": wrn16_8,
+    "wrn28_10": wrn28_10,
+    "vgg11": vgg11,
+    "vgg16": vgg16,
+    "densenet121": densenet121,
+    "cnn1d": CNN1D,
+    "mlp": MLP,
+    "transformer": TransformerClassifier,
+}
+
+
+def available() -> list[str]:
+    """The model names `create` accepts, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create(name: str, num_classes: int, *, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
+    """Builds a registered model.
+
+    Args:
+        name: one of `available()`, e.g. "resnet18", "wrn28_10", "vgg11", "mlp".
+        num_classes: output logits, >= 1.
+        rngs: the parameter (and dropout) RNG streams, e.g. `nnx.Rngs(0)`.
+        **kwargs: model options, e.g. `in_channels=1`, `dropout=0.3` (WRN, VGG "mlp" head,
+            transformer), `classifier="mlp"` (VGG), `in_features=64` (MLP),
+            `input_length=64` (CNN1D, transformer).
+
+    Returns:
+        The model, in train mode.
+
+    Raises:
+        ValueError: for an unknown `name` (the message lists the allowed names) or a
+            `num_classes` below 1.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"name must be one of {available()}, got {name!r}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes}")
+    return _REGISTRY[name](num_classes, rngs=rngs, **kwargs)
+
+
+def count_params(model: nnx.Module) -> int:
+    """Number of scalars in the model's `nnx.Param` leaves (BatchNorm statistics excluded).
+
+    Works on abstract models too, so a large model can be counted without allocating it:
+    `count_params(nnx.eval_shape(lambda: create("wrn28_10", 10, rngs=nnx.Rngs(0))))`.
+
+    Args:
+        model: a concrete or `nnx.eval_shape` model.
+
+    Returns:
+        The total parameter count.
+    """
+    return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+__all__ = [
+    "CNN1D",
+    "MLP",
+    "VGG",
+    "DenseNet",
+    "ResNet",
+    "TransformerClassifier",
+    "WideResNet",
+    "available",
+    "count_params",
+    "create",
+    "densenet121",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "vgg11",
+    "vgg16",
+    "wrn16_8",
+    "wrn28_10",
+]
