@@ -1,0 +1,331 @@
+"""One training run from a flat config: what `xsam-train` and the reproduction studies call.
+
+`TrainConfig` names everything a run depends on; `run(config)` builds the data, the model and
+the optimizer, trains with a progress bar, evaluates every epoch and, with `out`, writes
+`metrics.json`, `curves.png` and an Orbax checkpoint that `resume` continues bit-exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+
+import xsam_jax as xs
+from xsam_jax import data, models, training
+
+OPTIMIZERS = ("sgd", "sam", "asam", "xsam", "gsam", "wsam", "late-sam")
+DEFAULT_RHO = {"sam": 0.05, "asam": 0.5, "xsam": 0.15, "gsam": 0.05, "wsam": 0.05,
+               "late-sam": 0.05}
+DEFAULT_MODEL = {"mnist1d": "cnn1d", "digits": "mlp", "cifar10": "resnet18",
+                 "cifar100": "resnet18", "svhn": "resnet18", "fashion_mnist": "resnet18"}
+EVAL_BATCH = 1000
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything one run depends on (defaults: XSAM, 1-D CNN, MNIST-1D, about a minute on CPU).
+
+    `rho` None takes the method's default (`DEFAULT_RHO`), `rho_max` None is 2ρ (the XSAM
+    authors' 0.15 / 0.3), `search_every` None searches α* once an epoch, `model` None takes the
+    dataset's default model, `augment` None augments image datasets only (crop, flip, Cutout).
+    """
+
+    optimizer: str = "xsam"
+    dataset: str = "mnist1d"
+    model: str | None = None
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    rho: float | None = None
+    rho_max: float | None = None
+    ascent_steps: int = 1
+    search_every: int | None = None
+    gsam_alpha: float = 0.4
+    wsam_gamma: float = 0.9
+    late_phase_start: float = 0.8
+    m_sharpness: int | None = None
+    devices: int = 1
+    augment: bool | None = None
+    seed: int = 0
+    data_dir: str | None = None
+
+    def validate(self) -> None:
+        """ValueError naming the first bad field and its allowed values."""
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; "
+                             f"got {self.optimizer!r}")
+        if self.dataset not in data.available():
+            raise ValueError(f"dataset must be one of {', '.join(data.available())}; "
+                             f"got {self.dataset!r}")
+        if self.model is not None and self.model not in models.available():
+            raise ValueError(f"model must be one of {', '.join(models.available())}; "
+                             f"got {self.model!r}")
+        for name in ("epochs", "batch_size", "ascent_steps", "devices"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.search_every is not None and self.search_every < 1:
+            raise ValueError(f"search-every must be >= 1, got {self.search_every}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("weight-decay must be >= 0 and momentum in [0, 1)")
+        if not 0 <= self.late_phase_start <= 1:
+            raise ValueError(f"late-phase-start must be in [0, 1], got {self.late_phase_start}")
+        if self.batch_size % self.devices:
+            raise ValueError(f"batch-size ({self.batch_size}) must be divisible by devices "
+                             f"({self.devices})")
+        if self.m_sharpness is not None:
+            if self.optimizer == "sgd":
+                raise ValueError("m-sharpness needs a sharpness-aware optimizer, not sgd")
+            per_device = self.batch_size // self.devices
+            if self.devices > 1 and self.m_sharpness != per_device:
+                raise ValueError(f"with devices > 1, m-sharpness is per device: it must equal "
+                                 f"batch-size / devices = {per_device}, got {self.m_sharpness}")
+            if self.m_sharpness < 1 or self.batch_size % self.m_sharpness:
+                raise ValueError(f"m-sharpness must divide batch-size ({self.batch_size}), "
+                                 f"got {self.m_sharpness}")
+
+    @property
+    def model_name(self) -> str:
+        return self.model or DEFAULT_MODEL[self.dataset]
+
+
+def make_optimizer(
+    config: TrainConfig, steps_per_epoch: int, *, axis_name: str | None = None,
+    local_perturbation: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """The method chained before weight decay and SGD with momentum and a cosine schedule."""
+    total = config.epochs * steps_per_epoch
+    schedule = optax.cosine_decay_schedule(config.lr, total)
+    base = [optax.add_decayed_weights(config.weight_decay),
+            optax.sgd(schedule, momentum=config.momentum or None)]
+    name = config.optimizer
+    if name == "sgd":
+        return optax.chain(*base)
+    rho = DEFAULT_RHO[name] if config.rho is None else config.rho
+    shared = {"ascent_steps": config.ascent_steps, "axis_name": axis_name,
+              "local_perturbation": local_perturbation}
+    if name == "xsam":
+        method = xs.xsam(rho, 2 * rho if config.rho_max is None else config.rho_max,
+                         search_every=config.search_every or steps_per_epoch, **shared)
+    elif name == "sam":
+        method = xs.sam(rho, **shared)
+    elif name == "late-sam":
+        method = xs.sam(xs.late_phase(rho, int(config.late_phase_start * total)), **shared)
+    elif name == "asam":
+        method = xs.asam(rho, **shared)
+    elif name == "gsam":
+        method = xs.gsam(rho, config.gsam_alpha, **shared)
+    else:
+        method = xs.wsam(rho, config.wsam_gamma, **shared)
+    return optax.chain(method, *base)
+
+
+def current_alpha(opt_state: Any) -> float | None:
+    """XSAM's α* if the optimizer holds an `XSAMState`, else None."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, xs.XSAMState))
+             if isinstance(s, xs.XSAMState)]
+    return float(np.asarray(found[0].alpha).reshape(-1)[0]) if found else None
+
+
+def _model_kwargs(name: str, input_shape: tuple[int, ...]) -> dict[str, int]:
+    if name == "mlp":
+        return {"in_features": int(np.prod(input_shape))}
+    if name in ("cnn1d", "transformer"):
+        # Sequence models read (L,) or (L, C); images (H, W, C) become H*W tokens of C values.
+        channels = int(input_shape[-1]) if len(input_shape) > 1 else 1
+        return {"input_length": int(np.prod(input_shape)) // channels, "in_channels": channels}
+    return {}
+
+
+class _Run:
+    """The pieces of one run, built once (see `run`)."""
+
+    def __init__(self, config: TrainConfig):
+        config.validate()
+        self.config = config
+        self.dataset = data.load(config.dataset, seed=config.seed, data_dir=config.data_dir)
+        self.steps_per_epoch = len(self.dataset.y_train) // config.batch_size
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"batch-size ({config.batch_size}) exceeds the training set "
+                             f"({len(self.dataset.y_train)} examples)")
+        name = config.model_name
+        model = models.create(name, self.dataset.num_classes, rngs=nnx.Rngs(config.seed),
+                              **_model_kwargs(name, self.dataset.input_shape))
+        images = len(self.dataset.input_shape) == 3
+        augment = images if config.augment is None else config.augment
+        self.augmentation = data.Augmentation(cutout_size=16 if images else 0) if augment else None
+        self.mesh = None
+        if config.m_sharpness is not None and config.devices == 1:
+            tx = make_optimizer(config, self.steps_per_epoch, axis_name="groups",
+                                local_perturbation=True)
+            step = training.make_m_sharpness_train_step(model, tx, config.m_sharpness)
+        elif config.m_sharpness is not None:
+            self.mesh = training.data_mesh(config.devices)
+            tx = make_optimizer(config, self.steps_per_epoch, axis_name="data",
+                                local_perturbation=True)
+            step = training.make_shard_map_train_step(model, tx, self.mesh)
+        elif config.devices > 1:
+            self.mesh = training.data_mesh(config.devices)
+            tx = make_optimizer(config, self.steps_per_epoch)
+            step = training.make_sharded_train_step(model, tx, self.mesh)
+        else:
+            tx = make_optimizer(config, self.steps_per_epoch)
+            step = training.make_train_step(model, tx)
+        self.step = jax.jit(step) if self.mesh is None else step
+        self.eval_step = jax.jit(training.make_eval_step(model))
+        self.state = training.TrainState.create(model, tx, rng=config.seed)
+        if self.mesh is not None:
+            self.state = training.replicate(self.state, self.mesh)
+
+    def batches(self, epoch: int):
+        for batch in self.dataset.train_batches(self.config.batch_size, epoch=epoch,
+                                                augmentation=self.augmentation):
+            yield batch if self.mesh is None else training.shard_batch(batch, self.mesh)
+
+    def evaluate(self) -> dict[str, float]:
+        x, y = self.dataset.arrays("test")
+        state = self.state if self.mesh is None else jax.device_get(self.state)
+        totals = {"loss": 0.0, "accuracy": 0.0}
+        for start in range(0, len(y), EVAL_BATCH):
+            batch = {"x": x[start:start + EVAL_BATCH], "y": y[start:start + EVAL_BATCH]}
+            metrics = self.eval_step(state, batch)
+            for key in totals:
+                totals[key] += float(metrics[key]) * len(batch["y"])
+        return {key: value / len(y) for key, value in totals.items()}
+
+
+def run(config: TrainConfig, *, out: str | pathlib.Path | None = None, resume: bool = False,
+        progress: bool = True) -> dict[str, Any]:
+    """Train, evaluating on the test split after every epoch.
+
+    Args:
+      config: the run's configuration (validated first: ValueError on bad values).
+      out: directory for `metrics.json`, `curves.png` and `checkpoint/`, or None.
+      resume: continue from the latest checkpoint in `out` (its config must match).
+      progress: show a progress bar (steps, rate, ETA, loss, accuracy, α*) on stderr.
+
+    Returns:
+      `{"config": ..., "history": [per-epoch dicts], "final_test_accuracy": float}`; each
+      history entry has epoch, train_loss, train_accuracy, test_loss, test_accuracy, alpha
+      (XSAM's α*, else None) and seconds (wall time of the epoch's training steps).
+    """
+    from tqdm.auto import tqdm
+
+    built = _Run(config)
+    out = None if out is None else pathlib.Path(out)
+    history: list[dict[str, Any]] = []
+    checkpointer = None
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        checkpointer = training.Checkpointer(out / "checkpoint", max_to_keep=1)
+        if resume and checkpointer.latest_step() is not None:
+            saved = checkpointer.metadata()
+            if saved.get("config") != dataclasses.asdict(config):
+                raise ValueError(f"--resume: the checkpoint in {out} was written with a different "
+                                 "config; use the same flags or another --out")
+            built.state = checkpointer.restore(built.state)
+            history = saved.get("history", [])
+        elif resume:
+            raise ValueError(f"--resume: no checkpoint in {out / 'checkpoint'}")
+    start_epoch = len(history)
+    # Simulated CPU devices can deadlock in XLA's collectives when many steps are queued.
+    wait_every_step = built.mesh is not None and jax.default_backend() == "cpu"
+    bar = tqdm(total=config.epochs * built.steps_per_epoch,
+               initial=start_epoch * built.steps_per_epoch, unit="step", disable=not progress,
+               dynamic_ncols=True, desc=f"{config.optimizer} {config.dataset}")
+    for epoch in range(start_epoch, config.epochs):
+        tic = time.perf_counter()
+        step_metrics = []
+        for batch in built.batches(epoch):
+            built.state, metrics = built.step(built.state, batch)
+            step_metrics.append(metrics)
+            if wait_every_step:
+                jax.block_until_ready(metrics)
+            bar.update(1)
+        train = {k: float(np.mean([jax.device_get(m[k]) for m in step_metrics]))
+                 for k in ("loss", "accuracy")}
+        seconds = time.perf_counter() - tic
+        test = built.evaluate()
+        alpha = current_alpha(built.state.opt_state)
+        history.append({"epoch": epoch + 1, "train_loss": train["loss"],
+                        "train_accuracy": train["accuracy"], "test_loss": test["loss"],
+                        "test_accuracy": test["accuracy"], "alpha": alpha, "seconds": seconds})
+        postfix = {"loss": f"{train['loss']:.3f}", "acc": f"{train['accuracy']:.3f}",
+                   "test_acc": f"{test['accuracy']:.3f}"}
+        if alpha is not None:
+            postfix["alpha"] = f"{alpha:.1f}"
+        bar.set_postfix(postfix)
+        if not all(math.isfinite(h) for h in (train["loss"], test["loss"])):
+            bar.write(f"epoch {epoch + 1}: the loss is not finite; stopping")
+            break
+        if checkpointer is not None:
+            checkpointer.save(built.state, metadata={"config": dataclasses.asdict(config),
+                                                     "history": history})
+    bar.close()
+    result = {"config": dataclasses.asdict(config), "history": history,
+              "final_test_accuracy": history[-1]["test_accuracy"] if history else float("nan")}
+    if out is not None:
+        checkpointer.wait_until_finished()
+        checkpointer.close()
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        plot_curves({config.optimizer: history}, out / "curves.png")
+    return result
+
+
+def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str | pathlib.Path) -> None:
+    """Loss, accuracy (train dashed, test solid) and α* per epoch for one or more runs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with_alpha = any(h and h[0]["alpha"] is not None for h in histories.values())
+    fig, axes = plt.subplots(1, 3 if with_alpha else 2, figsize=(13 if with_alpha else 9, 3.6))
+    for i, (label, history) in enumerate(histories.items()):
+        color = f"C{i}"
+        epochs = [h["epoch"] for h in history]
+        for ax, key in zip(axes[:2], ("loss", "accuracy"), strict=True):
+            ax.plot(epochs, [h[f"train_{key}"] for h in history], "--", color=color, alpha=0.7)
+            ax.plot(epochs, [h[f"test_{key}"] for h in history], "-", color=color, label=label)
+        if with_alpha and history and history[0]["alpha"] is not None:
+            axes[2].plot(epochs, [h["alpha"] for h in history], "-o", ms=3, color=color,
+                         label=label)
+    titles = ["loss (train dashed, test solid)", "accuracy", "XSAM α*"]
+    for ax, title in zip(axes, titles, strict=False):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
+    """Mean and sample std of the final test accuracy per optimizer over seeds."""
+    summary = {}
+    for name, runs in results.items():
+        accs = np.array([r["final_test_accuracy"] for r in runs])
+        summary[name] = {"mean": float(accs.mean()),
+                         "std": float(accs.std(ddof=1)) if len(accs) > 1 else 0.0,
+                         "seeds": len(accs),
+                         "seconds": float(np.mean([sum(h["seconds"] for h in r["history"])
+                                                   for r in runs]))}
+    return summary
+
+
+__all__ = ["OPTIMIZERS", "TrainConfig", "current_alpha", "make_optimizer", "plot_curves", "run",
+           "summarise"]
