@@ -1,0 +1,282 @@
+"""Figures for the sharpness and landscape probes (matplotlib, imported on first use).
+
+Every function builds a standalone `matplotlib.figure.Figure` on the Agg canvas, without
+pyplot, so it neither needs a display nor touches pyplot's global figure list or the user's
+backend; the figure is returned (Jupyter displays it) and, with ``path``, written to a file
+whose format follows the suffix (``.png``, ``.svg``, ``.pdf``). Inputs are array-likes, e.g.
+the fields of `xsam_jax.landscape.AlphaCurve`.
+
+matplotlib is an optional dependency (the ``examples`` extra); ``import xsam_jax`` works
+without it.
+
+References:
+  Chen & Zhou, Revisiting Sharpness-Aware Minimization: A More Faithful and Effective
+  Implementation (XSAM), ICLR 2026.
+  Zhou et al., Sharpness-Aware Minimization Efficiently Selects Flatter Minima Late in
+  Training, ICLR 2025.
+  Li et al., Visualizing the Loss Landscape of Neural Nets, NeurIPS 2018.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+ArrayLike = Any
+
+
+def _figure(ncols: int = 1, width: float = 5.0, height: float = 3.6):
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "xsam_jax.plotting needs matplotlib: pip install 'xsam-jax[examples]'."
+        ) from err
+    fig = Figure(figsize=(width * ncols, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, ncols, squeeze=False)[0]
+    return fig, axes
+
+
+def _finish(fig: Figure, title: str | None, path: str | os.PathLike | None) -> Figure:
+    if title is not None:
+        fig.suptitle(title)
+    if path is not None:
+        fig.savefig(path, dpi=150)
+    return fig
+
+
+def _vector(name: str, values: ArrayLike) -> np.ndarray:
+    array = np.asarray(values, np.float64)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {array.shape}.")
+    return array
+
+
+def _same_length(name: str, values: ArrayLike, reference: np.ndarray) -> np.ndarray:
+    array = _vector(name, values)
+    if array.size != reference.size:
+        raise ValueError(f"{name} must have length {reference.size}, got {array.size}.")
+    return array
+
+
+def plot_alpha_curve(
+    alphas: ArrayLike,
+    losses: ArrayLike,
+    alpha_star: float | None = None,
+    *,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """XSAM's search curve L(θ + ρ_max·v(α)) against α, with α* and the SAM point α = 1.
+
+    Args:
+      alphas: the grid, 1-D.
+      losses: the probe losses, same length (non-finite values are left as gaps).
+      alpha_star: the selected α*, marked with a vertical line; None to omit.
+      title: optional figure title.
+      path: optional output file (.png, .svg, .pdf).
+
+    Returns:
+      The figure.
+    """
+    alphas = _vector("alphas", alphas)
+    losses = _same_length("losses", losses, alphas)
+    fig, (ax,) = _figure()
+    ax.plot(alphas, losses, marker="o", markersize=3, label=r"$L(\theta + \rho_m v(\alpha))$")
+    ax.axvline(1.0, color="0.6", linestyle=":", label=r"SAM ($\alpha = 1$)")
+    if alpha_star is not None and np.isfinite(float(alpha_star)):
+        alpha_star = float(alpha_star)
+        ax.axvline(alpha_star, color="C3", linestyle="--", label=rf"$\alpha^* = {alpha_star:.2f}$")
+    ax.set_xlabel(r"$\alpha$")
+    ax.set_ylabel("loss")
+    ax.legend()
+    return _finish(fig, title, path)
+
+
+def plot_proposition1(
+    radii: ArrayLike,
+    along_v0: ArrayLike,
+    along_v1: ArrayLike,
+    loss: float | None = None,
+    *,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """XSAM's Proposition 1: the loss along g0 and along SAM's g1 against the radius.
+
+    Left: both curves (and L(θ) as a horizontal line). Right: bars of
+    L(θ + r·v0) − L(θ + r·v1); positive bars are radii where the SAM gradient points to a
+    lower loss than the plain gradient does.
+
+    Args:
+      radii: the radii, 1-D.
+      along_v0: L(θ + r·g0/‖g0‖), same length.
+      along_v1: L(θ + r·g1/‖g1‖), same length.
+      loss: optional L(θ).
+      title: optional figure title.
+      path: optional output file (.png, .svg, .pdf).
+
+    Returns:
+      The figure.
+    """
+    radii = _vector("radii", radii)
+    v0 = _same_length("along_v0", along_v0, radii)
+    v1 = _same_length("along_v1", along_v1, radii)
+    fig, (left, right) = _figure(ncols=2)
+    left.plot(radii, v0, marker="o", markersize=3, label=r"along $g_0$")
+    left.plot(radii, v1, marker="s", markersize=3, label=r"along $g_1$ (SAM)")
+    if loss is not None:
+        left.axhline(float(loss), color="0.6", linestyle=":", label=r"$L(\theta)$")
+    left.set_xlabel("radius")
+    left.set_ylabel("loss")
+    left.legend()
+    labels = [f"{r:g}" for r in radii]
+    gap = v0 - v1
+    right.bar(labels, gap, color=np.where(gap > 0, "C3", "C0"))
+    right.axhline(0.0, color="0.3", linewidth=0.8)
+    right.set_xlabel("radius")
+    right.set_ylabel(r"$L(\theta + r v_0) - L(\theta + r v_1)$")
+    return _finish(fig, title, path)
+
+
+def plot_interpolation(
+    lambdas: ArrayLike,
+    metrics: Mapping[str, ArrayLike],
+    *,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Metrics along (1 − λ)θ_A + λθ_B (Zhou et al., ICLR 2025), endpoints marked.
+
+    Metrics whose name contains "acc" are drawn dashed on a right-hand axis, the others
+    (losses) on the left, so ``{"train loss": ..., "test accuracy": ...}`` shares one panel.
+
+    Args:
+      lambdas: the grid, 1-D.
+      metrics: name -> values of the same length (e.g. `Interpolation.values` as a dict).
+      title: optional figure title.
+      path: optional output file (.png, .svg, .pdf).
+
+    Returns:
+      The figure.
+    """
+    lambdas = _vector("lambdas", lambdas)
+    if not metrics:
+        raise ValueError("metrics must hold at least one named curve, got none.")
+    fig, (ax,) = _figure()
+    accuracy_axis = None
+    handles = []
+    for i, (name, values) in enumerate(metrics.items()):
+        values = _same_length(f"metrics[{name!r}]", values, lambdas)
+        if "acc" in name.lower():
+            if accuracy_axis is None:
+                accuracy_axis = ax.twinx()
+            (line,) = accuracy_axis.plot(lambdas, values, linestyle="--", color=f"C{i}", label=name)
+            accuracy_axis.set_ylabel("accuracy")
+        else:
+            (line,) = ax.plot(lambdas, values, color=f"C{i}", label=name)
+            ax.set_ylabel("loss")
+        handles.append(line)
+    for endpoint in (0.0, 1.0):
+        ax.axvline(endpoint, color="0.7", linestyle=":")
+    ax.set_xlabel(r"$\lambda$")
+    ax.legend(handles=handles)
+    return _finish(fig, title, path)
+
+
+def plot_surface_2d(
+    x: ArrayLike,
+    y: ArrayLike,
+    values: ArrayLike,
+    *,
+    levels: int = 30,
+    log: bool = False,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Contour plot of a 2-D loss surface (Li et al., NeurIPS 2018), θ marked at the origin.
+
+    Args:
+      x: coordinates along the first direction, length X.
+      y: coordinates along the second direction, length Y.
+      values: shape (X, Y), entry [i, j] at (x[i], y[j]) (as `loss_surface_2d` returns).
+      levels: number of contour levels, >= 2.
+      log: contour log10 of the values (for losses spanning decades; values must be > 0).
+      title: optional figure title.
+      path: optional output file (.png, .svg, .pdf).
+
+    Returns:
+      The figure.
+    """
+    xs, ys = _vector("x", x), _vector("y", y)
+    z = np.asarray(values, np.float64)
+    if z.shape != (xs.size, ys.size):
+        raise ValueError(
+            f"values must have shape (len(x), len(y)) = {(xs.size, ys.size)}, got {z.shape}."
+        )
+    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
+        raise ValueError(f"levels must be an integer >= 2, got {levels!r}.")
+    if log:
+        if not (z[np.isfinite(z)] > 0).all():
+            raise ValueError("values must all be > 0 with log=True.")
+        z = np.log10(z)
+    fig, (ax,) = _figure(width=4.6, height=4.0)
+    contour = ax.contourf(xs, ys, z.T, levels=levels, cmap="viridis")
+    ax.contour(xs, ys, z.T, levels=levels, colors="k", linewidths=0.3, alpha=0.5)
+    fig.colorbar(contour, ax=ax, label=r"$\log_{10}$ loss" if log else "loss")
+    ax.plot([0.0], [0.0], marker="*", color="w", markersize=10, markeredgecolor="k")
+    ax.set_xlabel(r"$\delta_1$")
+    ax.set_ylabel(r"$\delta_2$")
+    return _finish(fig, title, path)
+
+
+def plot_eigenvalues(
+    epochs: ArrayLike,
+    eigenvalues: ArrayLike,
+    *,
+    markers: Mapping[str, float] | None = None,
+    log: bool = False,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Top Hessian eigenvalue(s) against the epoch, e.g. around a late-phase SAM switch.
+
+    Args:
+      epochs: the epochs, 1-D of length E.
+      eigenvalues: shape (E,) or (E, k) (one curve per eigenvalue index).
+      markers: optional label -> epoch of vertical lines (e.g. {"SAM on": 150}).
+      log: logarithmic y axis.
+      title: optional figure title.
+      path: optional output file (.png, .svg, .pdf).
+
+    Returns:
+      The figure.
+    """
+    epochs = _vector("epochs", epochs)
+    lam = np.asarray(eigenvalues, np.float64)
+    if lam.ndim == 1:
+        lam = lam[:, None]
+    if lam.ndim != 2 or lam.shape[0] != epochs.size:
+        raise ValueError(
+            f"eigenvalues must have shape ({epochs.size},) or ({epochs.size}, k), "
+            f"got {np.shape(eigenvalues)}."
+        )
+    fig, (ax,) = _figure()
+    for i in range(lam.shape[1]):
+        ax.plot(epochs, lam[:, i], marker="o", markersize=3, label=rf"$\lambda_{{{i + 1}}}$")
+    for j, (label, epoch) in enumerate((markers or {}).items()):
+        ax.axvline(float(epoch), color=f"C{lam.shape[1] + j}", linestyle="--", label=label)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("Hessian eigenvalue")
+    ax.legend()
+    return _finish(fig, title, path)
