@@ -285,6 +285,43 @@ def run(config: TrainConfig, *, out: str | pathlib.Path | None = None, resume: b
     return result
 
 
+def load_run(out: str | pathlib.Path) -> tuple[TrainConfig, _Run]:
+    """What `run(config, out=out)` saved: its config and the run rebuilt with the final state.
+
+    The config is the one stored with the latest checkpoint in `out/checkpoint`; the data,
+    model and optimizer are rebuilt from it on one device (the saved arrays do not depend on
+    the device count) and every array of the state is restored.
+
+    Args:
+      out: the run's output directory (`xsam-train --out DIR`).
+
+    Returns:
+      `(config, built)`: the saved `TrainConfig` and a `_Run` whose `state` is the restored
+      `TrainState` and whose `dataset` is the run's data.
+
+    Raises:
+      FileNotFoundError: `out` or its checkpoint is missing.
+      ValueError: the saved config is not one this version can rebuild.
+    """
+    directory = pathlib.Path(out) / "checkpoint"
+    if not pathlib.Path(out).is_dir():
+        raise FileNotFoundError(f"{out}: no such directory")
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{out} has no checkpoint/ (written by xsam-train --out DIR)")
+    with training.Checkpointer(directory, max_to_keep=None) as checkpointer:
+        if checkpointer.latest_step() is None:
+            raise FileNotFoundError(f"{directory} holds no checkpoint")
+        saved = checkpointer.metadata().get("config")
+        try:
+            config = TrainConfig(**saved)
+        except TypeError as err:
+            raise ValueError(f"{directory}: the saved config is not a TrainConfig of this "
+                             f"version ({err})") from None
+        built = _Run(dataclasses.replace(config, devices=1))
+        built.state = checkpointer.restore(built.state)
+    return config, built
+
+
 def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str | pathlib.Path) -> None:
     """Loss, accuracy (train dashed, test solid) and α* per epoch for one or more runs."""
     import matplotlib
@@ -327,5 +364,5 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, f
     return summary
 
 
-__all__ = ["OPTIMIZERS", "TrainConfig", "current_alpha", "make_optimizer", "plot_curves", "run",
-           "summarise"]
+__all__ = ["OPTIMIZERS", "TrainConfig", "current_alpha", "load_run", "make_optimizer",
+           "plot_curves", "run", "summarise"]

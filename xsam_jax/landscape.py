@@ -10,11 +10,13 @@ argument: pass the same function object to reuse the compilation.
 
 - `proposition1` and `alpha_curve`: the geometry behind XSAM (Chen & Zhou, ICLR 2026). With
   :math:`g_0 = \nabla L(\theta)` and the SAM gradient
-  :math:`g_1 = \nabla L(\theta + \rho g_0/\|g_0\|)`, Proposition 1 says that for small radii
-  the loss along :math:`g_1` can be *below* the loss along :math:`g_0`, i.e. SAM's gradient
-  is not a faithful direction to the maximum in the ball; XSAM therefore searches the plane
-  of :math:`v_0 = g_0/\|g_0\|` and :math:`v_1 = g_1/\|g_1\|` by spherical interpolation
-  :math:`v(\alpha)` (`xsam_jax.slerp_coefficients`).
+  :math:`g_1 = \nabla L(\theta + \rho g_0/\|g_0\|)`, Proposition 1 (second-order Taylor
+  model, positive-definite Hessian, a large enough probe radius :math:`\rho_m`) says that the
+  loss along :math:`g_1` is *above* the loss along :math:`g_0`, so SAM's gradient points closer
+  to the maximum in the ball than :math:`g_0`, and that some combination of the two does better
+  still; XSAM therefore searches the plane of :math:`v_0 = g_0/\|g_0\|` and
+  :math:`v_1 = g_1/\|g_1\|` by spherical interpolation :math:`v(\alpha)`
+  (`xsam_jax.slerp_coefficients`).
 - `interpolate`: the linear path between two solutions and its second differences, the valley
   test of the late-phase SAM paper (Zhou et al., ICLR 2025).
 - `filter_normalized_direction`, `loss_surface_1d`, `loss_surface_2d`: 1-D and 2-D plots
@@ -200,10 +202,11 @@ def proposition1(
 
     and optionally :math:`L(\theta + r\, v(\alpha))` with the slerp
     :math:`v(\alpha) = [\sin((1-\alpha)\psi) v_0 + \sin(\alpha\psi) v_1]/\sin\psi`,
-    :math:`\cos\psi = \langle v_0, v_1\rangle`. Chen & Zhou (ICLR 2026, Prop. 1) show that
-    the loss along :math:`g_1` can fall below the loss along :math:`g_0` for radii near ρ:
-    a positive ``along_v0 − along_v1`` is the regime where SAM's gradient misses the
-    maximum. With k ascent steps of length ρ/k, :math:`v_0` is the chord from θ to the last
+    :math:`\cos\psi = \langle v_0, v_1\rangle`. Chen & Zhou (ICLR 2026, Prop. 1) show, on a
+    second-order model with a positive-definite Hessian and a large enough radius, that the
+    loss along :math:`g_1` exceeds the loss along :math:`g_0` (``along_v1 > along_v0``), and
+    that some :math:`v(\alpha)` exceeds both (``along_alpha``), which is what XSAM's search
+    exploits. With k ascent steps of length ρ/k, :math:`v_0` is the chord from θ to the last
     ascent point and :math:`v_1 = g_k/\|g_k\|`, as in `xsam_jax.xsam`. Costs k + 1
     gradients and (2 + A)·R loss evaluations, vmapped (``chunk`` at a time if given).
 
