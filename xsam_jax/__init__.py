@@ -6,6 +6,12 @@ base optimizer::
     tx = optax.chain(xsam_jax.xsam(rho=0.15, rho_max=0.3, search_every=steps_per_epoch),
                      optax.add_decayed_weights(1e-3), optax.sgd(lr, momentum=0.9))
     updates, state = tx.update(grads, state, params, loss_fn=lambda p: loss(p, batch))
+
+Submodules (imported on demand): `xsam_jax.training` (Flax NNX train steps, data parallelism,
+checkpoints), `xsam_jax.models`, `xsam_jax.data`, `xsam_jax.sharpness` (Hessian spectra and
+trace), `xsam_jax.landscape` (Proposition 1, α curves, interpolation, surfaces),
+`xsam_jax.plotting`, `xsam_jax.experiment` (what `xsam-train` runs) and `xsam_jax.analyse`
+(what `xsam-analyse` runs).
 """
 
 from xsam_jax._src.base import SAMState
