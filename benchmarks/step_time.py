@@ -2,7 +2,9 @@
 
 For each model (the MNIST-1D 1-D CNN and the CIFAR ResNet-18, batch 128) it times complete
 jitted steps (gradient, transformation, base SGD update) of SGD, SAM, optax.contrib.sam,
-late-phase SAM before its switch, XSAM with a fixed α, XSAM on a non-search and on a search
+late-phase SAM before and after its switch and SAM with an injected ρ (each with the gate's
+`lax.cond` and with the host-side plan, ``perturb=``), XSAM with a fixed α, XSAM on a
+non-search and on a search
 step (full vmap and chunked), in interleaved rounds, and reports medians and the ratios the
 project targets. XSAM with one search per `--steps-per-epoch` steps is the amortised mix.
 It also times the 21-candidate search alone (vmap, lax.map, a Python loop of jitted forwards)
@@ -39,6 +41,9 @@ TARGETS = {
     "xsam fixed alpha / sam": ("<=", 1.03),
     "xsam search step / sam": ("<=", 5.5),
     "late-phase before switch / sgd": ("<=", 1.02),
+    "late-phase before switch, planned / sgd": ("<=", 1.05),
+    "late-phase after switch, planned / sam": ("<=", 1.05),
+    "injected rho, planned / sam": ("<=", 1.05),
     "xsam_jax.sam / optax.contrib.sam": ("<=", 1.00),
     "python loop / vmapped search": (">=", 3.0),
 }
@@ -61,14 +66,14 @@ def functional_model(name: str, input_shape: tuple[int, ...], num_classes: int =
     return loss, params, batch
 
 
-def make_step(loss, tx, grad_fn_kw: bool = False):
+def make_step(loss, tx, grad_fn_kw: bool = False, perturb: bool | None = None):
     @jax.jit
     def step(params, state, batch):
         grads = jax.grad(loss)(params, batch)
         if grad_fn_kw:  # optax.contrib.sam's opaque mode
             kw = {"grad_fn": lambda p, _: jax.grad(loss)(p, batch)}
         else:
-            kw = {"loss_fn": lambda p: loss(p, batch)}
+            kw = {"loss_fn": lambda p: loss(p, batch), "perturb": perturb}
         updates, state = tx.update(grads, state, params, **kw)
         return optax.apply_updates(params, updates), state
 
@@ -92,19 +97,25 @@ def bench_model(name, input_shape, rounds, inner, steps_per_epoch):
         opaque_mode=True,
     )
     never = 10**9
+    before = optax.chain(xs.sam(xs.late_phase(rho, never)), optax.sgd(lr))
+    after = optax.chain(xs.sam(xs.late_phase(rho, 0)), optax.sgd(lr))
+    injected = optax.chain(optax.inject_hyperparams(xs.sam)(rho=rho), optax.sgd(lr))
+    # label: (transformation, XSAM count, optax.contrib's opaque mode, perturb)
     variants = {
-        "sgd": (optax.sgd(lr), 0, False),
-        "sam": (optax.chain(xs.sam(rho), optax.sgd(lr)), 0, False),
-        "optax.contrib.sam": (contrib, 0, True),
-        "late-phase before switch": (
-            optax.chain(xs.sam(xs.late_phase(rho, never)), optax.sgd(lr)),
-            0,
-            False,
-        ),
+        "sgd": (optax.sgd(lr), 0, False, None),
+        "sam": (optax.chain(xs.sam(rho), optax.sgd(lr)), 0, False, None),
+        "optax.contrib.sam": (contrib, 0, True, None),
+        "late-phase before switch": (before, 0, False, None),
+        "late-phase before switch, planned": (before, 0, False, False),
+        "late-phase after switch": (after, 0, False, None),
+        "late-phase after switch, planned": (after, 0, False, True),
+        "injected rho": (injected, 0, False, None),
+        "injected rho, planned": (injected, 0, False, True),
         "xsam fixed alpha": (
             optax.chain(xs.xsam(0.15, 0.3, search_every=None), optax.sgd(lr)),
             0,
             False,
+            None,
         ),
         # All 21 candidates in one vmap (the accelerator default), here and in the branch that
         # the non-search step compiles but does not take.
@@ -114,6 +125,7 @@ def bench_model(name, input_shape, rounds, inner, steps_per_epoch):
             ),
             1,
             False,
+            None,
         ),
         "xsam search step (vmap)": (
             optax.chain(
@@ -121,6 +133,7 @@ def bench_model(name, input_shape, rounds, inner, steps_per_epoch):
             ),
             0,
             False,
+            None,
         ),
         "xsam search step (chunk 1)": (
             optax.chain(
@@ -128,6 +141,7 @@ def bench_model(name, input_shape, rounds, inner, steps_per_epoch):
             ),
             0,
             False,
+            None,
         ),
         "xsam search step (chunk 7)": (
             optax.chain(
@@ -135,14 +149,15 @@ def bench_model(name, input_shape, rounds, inner, steps_per_epoch):
             ),
             0,
             False,
+            None,
         ),
     }
     runs, memory = {}, {}
-    for label, (tx, count, opaque) in variants.items():
+    for label, (tx, count, opaque, perturb) in variants.items():
         state = tx.init(params)
         if count:  # put XSAM's counter off the search schedule
             state = (state[0]._replace(count=jnp.asarray(count, jnp.int32)), *state[1:])
-        step = make_step(loss, tx, opaque)
+        step = make_step(loss, tx, opaque, perturb)
         jax.block_until_ready(step(params, state, batch))  # compile
         runs[label] = (step, state)
         if "search step" in label:
@@ -192,6 +207,15 @@ def bench_model(name, input_shape, rounds, inner, steps_per_epoch):
         "xsam search step (chunk 1) / sam": med["xsam search step (chunk 1)"] / med["sam"],
         "xsam search step (chunk 7) / sam": med["xsam search step (chunk 7)"] / med["sam"],
         "late-phase before switch / sgd": med["late-phase before switch"] / med["sgd"],
+        "late-phase before switch, planned / sgd": (
+            med["late-phase before switch, planned"] / med["sgd"]
+        ),
+        "late-phase after switch, planned / sam": (
+            med["late-phase after switch, planned"] / med["sam"]
+        ),
+        "late-phase after switch (lax.cond) / sam": med["late-phase after switch"] / med["sam"],
+        "injected rho, planned / sam": med["injected rho, planned"] / med["sam"],
+        "injected rho (lax.cond) / sam": med["injected rho"] / med["sam"],
         "xsam_jax.sam / optax.contrib.sam": med["sam"] / med["optax.contrib.sam"],
         "python loop / vmapped search": med["python loop search"] / med["vmapped search"],
         "python loop / lax.map search": med["python loop search"] / med["lax.map search"],

@@ -115,8 +115,10 @@ def test_module_entry_point_with_simulated_devices(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     done = subprocess.run(
         [sys.executable, "-m", "xsam_jax", *FAST, "--epochs", "1", "--devices", "2",
-         "--optimizer", "sam", "--out", str(tmp_path)],
+         "--optimizer", "sam", "--out", str(tmp_path), "--jit-cache", str(tmp_path / "xla")],
         capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "final test accuracy" in done.stdout
     assert read(tmp_path)["config"]["devices"] == 2
+    # The compiled train step was written to the persistent cache for the next run.
+    assert any(p.name.startswith("jit_train_step") for p in (tmp_path / "xla").iterdir())

@@ -15,9 +15,12 @@ def test_readme_python_blocks_run():
         namespace: dict = {}
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102
         namespaces.append(namespace)
+    quick, planned, training, sharpness = namespaces[:4]
     # The quick start's last loss and the training example's metrics are finite numbers.
-    assert math.isfinite(float(namespaces[0]["value"]))
-    assert math.isfinite(float(namespaces[1]["metrics"]["loss"]))
-    assert 0.0 <= float(namespaces[1]["metrics"]["accuracy"]) <= 1.0
-    top3 = namespaces[2]["top3"]
+    assert math.isfinite(float(quick["value"]))
+    # The host-side plan of the late-phase schedule: SGD for 8 steps, then SAM.
+    assert planned["plan"].tolist() == [False] * 8 + [True] * 2
+    assert math.isfinite(float(training["metrics"]["loss"]))
+    assert 0.0 <= float(training["metrics"]["accuracy"]) <= 1.0
+    top3 = sharpness["top3"]
     assert top3.shape == (3,) and float(top3[0]) >= float(top3[1]) >= float(top3[2])

@@ -17,7 +17,7 @@ trace), `xsam_jax.landscape` (Proposition 1, α curves, interpolation, surfaces)
 from xsam_jax._src.base import SAMState
 from xsam_jax._src.gsam import gsam
 from xsam_jax._src.sam import asam, sam
-from xsam_jax._src.schedules import late_phase
+from xsam_jax._src.schedules import late_phase, perturbed_steps
 from xsam_jax._src.slerp import alpha_grid, slerp_coefficients
 from xsam_jax._src.wsam import wsam
 from xsam_jax._src.xsam import XSAMState, xsam
@@ -31,6 +31,7 @@ __all__ = [
     "asam",
     "gsam",
     "late_phase",
+    "perturbed_steps",
     "sam",
     "slerp_coefficients",
     "wsam",

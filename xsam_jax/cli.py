@@ -77,7 +77,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write metrics.json, curves.png and the checkpoint here")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--jit-cache", default=None, metavar="DIR",
+                   help="persistent XLA compilation cache, so a rerun skips compiling "
+                   "(default: $XSAM_JAX_CACHE/xla or ~/.cache/xsam_jax/xla)")
+    p.add_argument("--no-jit-cache", action="store_true", help="compile afresh every run")
     return p
+
+
+def _configure_jit_cache(directory: str | None, enabled: bool) -> None:
+    """Keep compiled programs on disk: a small run spends much of its time compiling."""
+    if not enabled:
+        return
+    import jax
+
+    from xsam_jax.data import cache_dir
+
+    path = pathlib.Path(directory).expanduser() if directory else cache_dir() / "xla"
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
 def _configure_devices(devices: int) -> None:
@@ -106,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in optimizers:
             dataclasses.replace(config, optimizer=name).validate()
         _configure_devices(config.devices)
+        _configure_jit_cache(args.jit_cache, not args.no_jit_cache)
         from xsam_jax import experiment
 
         multiple = len(optimizers) * len(seeds) > 1

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import pathlib
+import threading
 import time
 from typing import Any
 
@@ -102,6 +103,21 @@ class TrainConfig:
         return self.model or DEFAULT_MODEL[self.dataset]
 
 
+def rho_schedule(config: TrainConfig, steps_per_epoch: int) -> float | optax.Schedule:
+    """The ρ the method is built with: a float, or for late-sam a `late_phase` schedule.
+
+    late-sam trains with SGD until step ⌊late_phase_start · epochs · steps_per_epoch⌋ and with
+    SAM from that step on; "sgd" has ρ = 0.
+    """
+    if config.optimizer == "sgd":
+        return 0.0
+    rho = DEFAULT_RHO[config.optimizer] if config.rho is None else config.rho
+    if config.optimizer == "late-sam":
+        total = config.epochs * steps_per_epoch
+        return xs.late_phase(rho, int(config.late_phase_start * total))
+    return rho
+
+
 def make_optimizer(
     config: TrainConfig, steps_per_epoch: int, *, axis_name: str | None = None,
     local_perturbation: bool = False,
@@ -114,16 +130,14 @@ def make_optimizer(
     name = config.optimizer
     if name == "sgd":
         return optax.chain(*base)
-    rho = DEFAULT_RHO[name] if config.rho is None else config.rho
+    rho = rho_schedule(config, steps_per_epoch)
     shared = {"ascent_steps": config.ascent_steps, "axis_name": axis_name,
               "local_perturbation": local_perturbation}
     if name == "xsam":
         method = xs.xsam(rho, 2 * rho if config.rho_max is None else config.rho_max,
                          search_every=config.search_every or steps_per_epoch, **shared)
-    elif name == "sam":
+    elif name in ("sam", "late-sam"):
         method = xs.sam(rho, **shared)
-    elif name == "late-sam":
-        method = xs.sam(xs.late_phase(rho, int(config.late_phase_start * total)), **shared)
     elif name == "asam":
         method = xs.asam(rho, **shared)
     elif name == "gsam":
@@ -184,11 +198,36 @@ class _Run:
         else:
             tx = make_optimizer(config, self.steps_per_epoch)
             step = training.make_train_step(model, tx)
-        self.step = jax.jit(step) if self.mesh is None else step
+        self.step = jax.jit(step, static_argnames="perturb") if self.mesh is None else step
+        # Which steps take the second gradient, decided on the host so that a ρ schedule
+        # compiles two specialised steps instead of a conditional (see xs.perturbed_steps).
+        self.perturb_plan = xs.perturbed_steps(
+            rho_schedule(config, self.steps_per_epoch), config.epochs * self.steps_per_epoch
+        )
         self.eval_step = jax.jit(training.make_eval_step(model))
         self.state = training.TrainState.create(model, tx, rng=config.seed)
         if self.mesh is not None:
             self.state = training.replicate(self.state, self.mesh)
+
+    def compile_ahead(self, first_step: int) -> None:
+        """Compile the programs the plan needs later in background threads, on one device.
+
+        late-sam runs the plain program first and the perturbed one after the switch; built
+        while the first runs, the second costs no pause at the switch. (Simulated devices are
+        left alone: a second thread driving their collectives can deadlock.)
+        """
+        plan = self.perturb_plan[first_step:]
+        if self.mesh is not None or len(plan) == 0:
+            return
+        later = {bool(p) for p in plan} - {bool(plan[0])}
+        shape = (self.config.batch_size, *self.dataset.input_shape)
+        batch = {"x": jax.ShapeDtypeStruct(shape, np.float32),
+                 "y": jax.ShapeDtypeStruct(shape[:1], np.int32)}
+        for perturb in later:
+            threading.Thread(
+                target=lambda p=perturb: self.step.lower(self.state, batch, perturb=p).compile(),
+                daemon=True,
+            ).start()
 
     def batches(self, epoch: int):
         for batch in self.dataset.train_batches(self.config.batch_size, epoch=epoch,
@@ -241,6 +280,7 @@ def run(config: TrainConfig, *, out: str | pathlib.Path | None = None, resume: b
         elif resume:
             raise ValueError(f"--resume: no checkpoint in {out / 'checkpoint'}")
     start_epoch = len(history)
+    built.compile_ahead(start_epoch * built.steps_per_epoch)
     # Simulated CPU devices can deadlock in XLA's collectives when many steps are queued.
     wait_every_step = built.mesh is not None and jax.default_backend() == "cpu"
     bar = tqdm(total=config.epochs * built.steps_per_epoch,
@@ -249,8 +289,9 @@ def run(config: TrainConfig, *, out: str | pathlib.Path | None = None, resume: b
     for epoch in range(start_epoch, config.epochs):
         tic = time.perf_counter()
         step_metrics = []
-        for batch in built.batches(epoch):
-            built.state, metrics = built.step(built.state, batch)
+        for i, batch in enumerate(built.batches(epoch)):
+            perturb = bool(built.perturb_plan[epoch * built.steps_per_epoch + i])
+            built.state, metrics = built.step(built.state, batch, perturb=perturb)
             step_metrics.append(metrics)
             if wait_every_step:
                 jax.block_until_ready(metrics)
@@ -365,4 +406,4 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, f
 
 
 __all__ = ["OPTIMIZERS", "TrainConfig", "current_alpha", "load_run", "make_optimizer",
-           "plot_curves", "run", "summarise"]
+           "plot_curves", "rho_schedule", "run", "summarise"]

@@ -38,11 +38,11 @@ def reference(local_groups: bool):
     return ref_train(BATCHES, rho=RHO, lr=LR, momentum=MOMENTUM, group_size=group_size)
 
 
-def train(step, state, batches):
+def train(step, state, batches, perturb=None):
     for b in batches:
         # Await every step: XLA's CPU collectives can deadlock when many all-reduce programs
         # are queued on simulated devices that share few cores.
-        state = jax.block_until_ready(step(state, b)[0])
+        state = jax.block_until_ready(step(state, b, perturb=perturb)[0])
     return state
 
 
@@ -66,30 +66,32 @@ def run_m_sharpness_emulation():
     return as_dicts(state)
 
 
-def run_sharded(sharpness, **step_kwargs):
+def run_sharded(sharpness, perturb=None, **step_kwargs):
     mesh = training.data_mesh(DEVICES)
     model = make_model()
     tx = optax.chain(sharpness, sgd())
     state = training.replicate(training.TrainState.create(model, tx, rng=0), mesh)
     step = training.make_sharded_train_step(model, tx, mesh, **step_kwargs)
-    return as_dicts(train(step, state, [training.shard_batch(b, mesh) for b in BATCHES]))
+    batches = [training.shard_batch(b, mesh) for b in BATCHES]
+    return as_dicts(train(step, state, batches, perturb))
 
 
-def run_shard_map(sharpness, *, sync_batch_norm: bool):
+def run_shard_map(sharpness, *, sync_batch_norm: bool, perturb=None):
     mesh = training.data_mesh(DEVICES)
     model = make_model(bn_axis_name="data" if sync_batch_norm else None)
     tx = optax.chain(sharpness, sgd())
     state = training.replicate(training.TrainState.create(model, tx, rng=0), mesh)
     step = training.make_shard_map_train_step(model, tx, mesh)
-    return as_dicts(train(step, state, [training.shard_batch(b, mesh) for b in BATCHES]))
+    batches = [training.shard_batch(b, mesh) for b in BATCHES]
+    return as_dicts(train(step, state, batches, perturb))
 
 
-def run_pmap(sharpness, *, sync_batch_norm: bool):
+def run_pmap(sharpness, *, sync_batch_norm: bool, perturb=None):
     model = make_model(bn_axis_name="batch" if sync_batch_norm else None)
     tx = optax.chain(sharpness, sgd())
     state = training.replicate_for_pmap(training.TrainState.create(model, tx, rng=0))
     step = training.make_pmap_train_step(model, tx)
-    state = train(step, state, [training.shard_for_pmap(b) for b in BATCHES])
+    state = train(step, state, [training.shard_for_pmap(b) for b in BATCHES], perturb)
     return as_dicts(training.unreplicate(state))
 
 
@@ -134,6 +136,23 @@ def main() -> None:
                 xs.sam(RHO, axis_name="batch", local_perturbation=True), sync_batch_norm=False
             ),
             lambda: reference(True),
+        ),
+        # A schedule that is on from step 0, run with perturb=True (no conditional).
+        "planned_sharded_vs_reference": (
+            lambda: run_sharded(xs.sam(xs.late_phase(RHO, 0)), perturb=True),
+            lambda: reference(False),
+        ),
+        "planned_shard_map_vs_reference": (
+            lambda: run_shard_map(
+                xs.sam(xs.late_phase(RHO, 0), axis_name="data"), sync_batch_norm=True, perturb=True
+            ),
+            lambda: reference(False),
+        ),
+        "planned_pmap_vs_reference": (
+            lambda: run_pmap(
+                xs.sam(xs.late_phase(RHO, 0), axis_name="batch"), sync_batch_norm=True, perturb=True
+            ),
+            lambda: reference(False),
         ),
         "m_sharpness_shard_map_vs_emulation": (
             lambda: run_shard_map(

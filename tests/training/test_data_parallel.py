@@ -27,6 +27,9 @@ CHECKS = {
     "m_sharpness_shard_map_vs_reference": "per-device perturbations = per-group loop, m = 4",
     "m_sharpness_pmap_vs_reference": "pmap per-device perturbations = per-group loop, m = 4",
     "m_sharpness_shard_map_vs_emulation": "per-device = single-device vmapped groups, m = 4",
+    "planned_sharded_vs_reference": "late-phase schedule with perturb=True, sharded",
+    "planned_shard_map_vs_reference": "late-phase schedule with perturb=True, shard_map",
+    "planned_pmap_vs_reference": "late-phase schedule with perturb=True, pmap",
 }
 
 

@@ -64,7 +64,11 @@ def sam(
 
     Returns:
       An `optax.GradientTransformationExtraArgs`. Its `update` needs the keyword argument
-      ``loss_fn(params) -> scalar``, the loss on the same batch as the gradients.
+      ``loss_fn(params) -> scalar``, the loss on the same batch as the gradients, and takes
+      the optional keyword ``perturb``: None (default) decides with `lax.cond` whether a
+      scheduled ρ is positive; a Python bool, computed on the host by
+      `xsam_jax.perturbed_steps`, builds a program without that conditional (on XLA:CPU a
+      convolution's gradient inside one runs several times slower).
 
     References:
       Foret et al., `Sharpness-Aware Minimization for Efficiently Improving Generalization

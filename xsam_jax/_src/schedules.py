@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from xsam_jax._src.validation import as_schedule, check_radius, static_value
@@ -48,3 +49,40 @@ def late_phase(rho: float | optax.Schedule, start_step: int) -> Callable[[jax.Ar
         return jnp.where(count >= start, rho_fn(count), jnp.zeros((), jnp.float32))
 
     return schedule
+
+
+def perturbed_steps(rho: float | optax.Schedule, num_steps: int) -> np.ndarray:
+    r"""Which of the update counts 0, …, num_steps − 1 have ρ > 0, evaluated on the host.
+
+    The plan behind the ``perturb`` extra argument that every method's ``update`` accepts.
+    A method whose ρ is a schedule (or an injected hyperparameter) decides inside the compiled
+    step, with `lax.cond`, whether to take the second gradient. On XLA:CPU the gradient of a
+    convolution inside a conditional runs many times slower than outside one (a 1-D CNN's SAM
+    step: 6.6× the same step with a Python-float ρ), so a loop that knows its step count can
+    instead compile two specialised steps and pick one per step on the host::
+
+        plan = xs.perturbed_steps(rho_schedule, total_steps)
+        step = jax.jit(train_step, static_argnames="perturb")  # passes perturb to tx.update
+        for t in range(total_steps):
+            params, opt_state = step(params, opt_state, batch, perturb=bool(plan[t]))
+
+    ``perturb=True`` traces the ascent outside any conditional (and still returns the clean
+    gradient if ρ is 0 after all); ``perturb=False`` traces no ascent at all, so the step
+    compiles and runs like a plain gradient step (and its updates are NaN should ρ be positive
+    after all: a wrong plan cannot pass unnoticed). ``perturb=None``, the default, keeps the
+    conditional. `xsam_jax.training`'s steps take the same keyword and `xsam-train` uses it.
+
+    Args:
+      rho: a float or a schedule of the update count (what was passed as the method's ``rho``).
+      num_steps: how many update counts to evaluate, an integer ≥ 0.
+
+    Returns:
+      A NumPy bool array of shape ``(num_steps,)``: entry t is True iff ρ(t) > 0.
+    """
+    check_radius("rho", rho)
+    n = static_value(num_steps)
+    if n is None or isinstance(num_steps, bool) or n != int(n) or n < 0:
+        raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}.")
+    counts = jnp.arange(int(n), dtype=jnp.int32)
+    values = jax.jit(jax.vmap(as_schedule(rho)))(counts)
+    return np.asarray(values) > 0

@@ -10,7 +10,7 @@ import optax
 from jax import lax
 
 from xsam_jax._src import ascent, tree_math
-from xsam_jax._src.base import cast_like, gate_on_radius
+from xsam_jax._src.base import cast_like, check_perturb, gate_on_radius
 from xsam_jax._src.parallel import Averaging
 from xsam_jax._src.slerp import alpha_grid, slerp_coefficients
 from xsam_jax._src.validation import (
@@ -137,7 +137,8 @@ def xsam(
 
     Returns:
       An `optax.GradientTransformationExtraArgs` with state `XSAMState`; `update` needs
-      ``loss_fn(params) -> scalar`` on the same batch as the gradients.
+      ``loss_fn(params) -> scalar`` on the same batch as the gradients and takes the optional
+      keyword ``perturb`` (see `sam` and `xsam_jax.perturbed_steps`).
 
     References:
       Chen & Zhou, `Revisiting Sharpness-Aware Minimization: A More Faithful and Effective
@@ -193,8 +194,9 @@ def xsam(
         best = jnp.argmax(jnp.where(finite, losses, -jnp.inf))
         return jnp.where(finite.any(), grid[best], state.alpha), losses
 
-    def update_fn(updates, state, params=None, *, loss_fn=None, **extra_args):
+    def update_fn(updates, state, params=None, *, loss_fn=None, perturb=None, **extra_args):
         del extra_args  # The ExtraArgs contract: accept and ignore what others need.
+        check_perturb(perturb)
         if static_value(rho) != 0.0:
             require_extra_args("xsam", loss_fn, params)
         g0 = averaging.incoming(updates)
@@ -227,7 +229,9 @@ def xsam(
             g = cast_like(averaging.output(g0), updates)
             return g, state.alpha, state.alpha_losses, state.cos_psi
 
-        direction, alpha, losses, cos_psi = gate_on_radius(rho, rho_now, perturbed, clean)
+        direction, alpha, losses, cos_psi = gate_on_radius(
+            rho, rho_now, perturbed, clean, perturb
+        )
         new_state = XSAMState(
             count=optax.safe_increment(state.count),
             alpha=alpha,

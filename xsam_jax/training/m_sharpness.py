@@ -19,6 +19,8 @@ the per-group updates.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import optax
 from flax import nnx
@@ -68,8 +70,8 @@ def make_m_sharpness_train_step(
         apply_fn: `(model, batch, key) -> logits`; every group gets the same key.
 
     Returns:
-        The train step `(state, batch) -> (state, metrics)`; metrics are averaged over the
-        groups.
+        The train step `(state, batch, *, perturb=None) -> (state, metrics)`; metrics are
+        averaged over the groups; `perturb` as in `make_train_step`.
 
     Raises:
         ValueError: if `group_size` < 1 (at once), does not divide the batch size, or `tx`
@@ -84,10 +86,17 @@ def make_m_sharpness_train_step(
         apply_fn=apply_fn,
         axis_name=axis_name,
     )
-    grouped_step = jax.vmap(step, in_axes=(None, 0), out_axes=None, axis_name=axis_name)
 
-    def m_sharpness_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    def m_sharpness_step(
+        state: TrainState, batch: Batch, *, perturb: bool | None = None
+    ) -> tuple[TrainState, Metrics]:
         groups = jax.tree.map(lambda x: _group(x, group_size), batch)
+        grouped_step = jax.vmap(
+            functools.partial(step, perturb=perturb),
+            in_axes=(None, 0),
+            out_axes=None,
+            axis_name=axis_name,
+        )
         try:
             return grouped_step(state, groups)
         except ValueError as error:

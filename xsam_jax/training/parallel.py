@@ -26,6 +26,9 @@ the global batch.
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -33,10 +36,13 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from xsam_jax._src.base import check_perturb
+from xsam_jax.training.state import TrainState
 from xsam_jax.training.steps import (
     ApplyFn,
     Batch,
     LossOfLogitsAndLabels,
+    Metrics,
     TrainStep,
     apply_model,
     make_train_step,
@@ -94,6 +100,25 @@ def shard_batch(batch: Batch, mesh: Mesh, *, axis_name: str = "data") -> Batch:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
+def _one_program_per_perturb(
+    build: Callable[[bool | None], Callable[[TrainState, Batch], tuple[TrainState, Metrics]]],
+) -> TrainStep:
+    """A step `(state, batch, *, perturb=None)` that runs `build(perturb)`, built once per value.
+
+    `perturb` selects a compiled program (see `make_train_step`); `jax.jit` with shardings
+    takes no keyword arguments, so the choice is made here, on the host.
+    """
+    programs = {}
+
+    def step(state: TrainState, batch: Batch, *, perturb: bool | None = None):
+        check_perturb(perturb)
+        if perturb not in programs:
+            programs[perturb] = build(perturb)
+        return programs[perturb](state, batch)
+
+    return step
+
+
 def make_sharded_train_step(
     model_or_graphdef: nnx.Module | nnx.GraphDef,
     tx: optax.GradientTransformationExtraArgs,
@@ -116,8 +141,9 @@ def make_sharded_train_step(
         microbatches: see `make_train_step`.
 
     Returns:
-        The jitted step; it takes a `replicate`d state and a `shard_batch`ed batch and
-        returns a replicated state and metrics.
+        The jitted step; it takes a `replicate`d state and a `shard_batch`ed batch (and the
+        static keyword `perturb`, see `make_train_step`) and returns a replicated state and
+        metrics.
     """
     step = make_train_step(
         model_or_graphdef,
@@ -127,10 +153,12 @@ def make_sharded_train_step(
         microbatches=microbatches,
     )
     replicated = NamedSharding(mesh, P())
-    return jax.jit(
-        step,
-        in_shardings=(replicated, NamedSharding(mesh, P(axis_name))),
-        out_shardings=(replicated, replicated),
+    return _one_program_per_perturb(
+        lambda perturb: jax.jit(
+            functools.partial(step, perturb=perturb),
+            in_shardings=(replicated, NamedSharding(mesh, P(axis_name))),
+            out_shardings=(replicated, replicated),
+        )
     )
 
 
@@ -160,7 +188,8 @@ def make_shard_map_train_step(
         microbatches: micro-batches per device; see `make_train_step`.
 
     Returns:
-        The jitted step on a `replicate`d state and a `shard_batch`ed batch.
+        The jitted step on a `replicate`d state and a `shard_batch`ed batch (and the static
+        keyword `perturb`, see `make_train_step`).
     """
     step = make_train_step(
         model_or_graphdef,
@@ -170,12 +199,18 @@ def make_shard_map_train_step(
         microbatches=microbatches,
         axis_name=axis_name,
     )
-    per_device = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(axis_name)), out_specs=(P(), P()))
     replicated = NamedSharding(mesh, P())
-    return jax.jit(
-        per_device,
-        in_shardings=(replicated, NamedSharding(mesh, P(axis_name))),
-        out_shardings=(replicated, replicated),
+    return _one_program_per_perturb(
+        lambda perturb: jax.jit(
+            jax.shard_map(
+                functools.partial(step, perturb=perturb),
+                mesh=mesh,
+                in_specs=(P(), P(axis_name)),
+                out_specs=(P(), P()),
+            ),
+            in_shardings=(replicated, NamedSharding(mesh, P(axis_name))),
+            out_shardings=(replicated, replicated),
+        )
     )
 
 
@@ -201,7 +236,8 @@ def make_pmap_train_step(
 
     Returns:
         The pmapped step on a `replicate_for_pmap`ped state and a `shard_for_pmap`ped
-        batch; outputs keep the leading device axis (see `unreplicate`).
+        batch (and the keyword `perturb`, see `make_train_step`: one program is compiled per
+        value); outputs keep the leading device axis (see `unreplicate`).
     """
     step = make_train_step(
         model_or_graphdef,
@@ -211,7 +247,9 @@ def make_pmap_train_step(
         microbatches=microbatches,
         axis_name=axis_name,
     )
-    return jax.pmap(step, axis_name=axis_name)
+    return _one_program_per_perturb(
+        lambda perturb: jax.pmap(functools.partial(step, perturb=perturb), axis_name=axis_name)
+    )
 
 
 def replicate_for_pmap(tree: object, num_devices: int | None = None) -> object:

@@ -33,7 +33,7 @@ Batch = Mapping[str, jax.Array]
 Metrics = dict[str, jax.Array]
 LossOfLogitsAndLabels = Callable[[jax.Array, jax.Array], jax.Array]
 ApplyFn = Callable[[nnx.Module, Batch, jax.Array], jax.Array]
-TrainStep = Callable[[TrainState, Batch], tuple[TrainState, Metrics]]
+TrainStep = Callable[..., tuple[TrainState, Metrics]]
 EvalStep = Callable[[TrainState, Batch], Metrics]
 
 
@@ -181,8 +181,11 @@ def make_train_step(
         axis_name: the mapped axis, or None for a single device or jit-with-sharding.
 
     Returns:
-        The train step. Metrics are `loss` and, for integer labels, `accuracy`, both of
-        the clean pass.
+        The train step `(state, batch, *, perturb=None) -> (state, metrics)`. Metrics are
+        `loss` and, for integer labels, `accuracy`, both of the clean pass. `perturb` is
+        handed to `tx.update`: a Python bool saying whether this step's ρ is positive, so that
+        a schedule-gated method compiles its ascent outside a conditional (see
+        `xsam_jax.perturbed_steps`); jit the step with `static_argnames="perturb"` to use it.
 
     Raises:
         TypeError: if `model_or_graphdef` is neither an `nnx.Module` nor an `nnx.GraphDef`.
@@ -195,7 +198,9 @@ def make_train_step(
     if microbatches != 1:
         objective = accumulate(objective, microbatches)
 
-    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+    def train_step(
+        state: TrainState, batch: Batch, *, perturb: bool | None = None
+    ) -> tuple[TrainState, Metrics]:
         key = jax.random.fold_in(state.rng, state.step)
 
         def loss_and_aux(params):
@@ -205,7 +210,11 @@ def make_train_step(
             _local_view(state.params, axis_name)
         )
         updates, opt_state = tx.update(
-            grads, state.opt_state, state.params, loss_fn=lambda p: loss_and_aux(p)[0]
+            grads,
+            state.opt_state,
+            state.params,
+            loss_fn=lambda p: loss_and_aux(p)[0],
+            perturb=perturb,
         )
         if axis_name is not None:
             model_state = _mean_floating(model_state, axis_name)
