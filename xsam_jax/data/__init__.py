@@ -59,7 +59,8 @@ def load(
         data_dir: "mnist1d": the cache directory (default `$XSAM_JAX_CACHE` or
             `~/.cache/xsam_jax`); TFDS datasets: the TFDS data directory; "digits":
             unused (bundled with scikit-learn).
-        **kwargs: loader options: "digits": `test_fraction`, `as_images`; TFDS datasets:
+        **kwargs: loader options: "mnist1d": `test_size` (more test signals from the same
+            generator); "digits": `test_fraction`, `as_images`; TFDS datasets:
             `normalization` ("standard" or "train").
 
     Returns:
