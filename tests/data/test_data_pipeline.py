@@ -220,8 +220,8 @@ def test_dataset_arrays_and_checks():
     assert x.shape == (50, 6, 6, 3) and x.dtype == np.float32
     np.testing.assert_allclose(x, ds.normalize(ds.x_test))
     assert ds.input_shape == (6, 6, 3)
-    with pytest.raises(ValueError, match="split"):
-        ds.arrays("val")
+    with pytest.raises(ValueError, match="split must be one of"):
+        ds.arrays("dev")
     with pytest.raises(ValueError, match="prefetch"):
         ds.test_batches(8, prefetch=-1)
     with pytest.raises(ValueError, match="mean and std"):

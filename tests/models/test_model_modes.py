@@ -103,6 +103,8 @@ DIGITS = jax.random.uniform(jax.random.key(3), (3, 64))
         ("cnn1d", {}, SIGNAL),
         ("cnn1d", {}, SIGNAL[..., None]),
         ("cnn1d", {"input_length": 64}, DIGITS.reshape(3, 8, 8, 1)),
+        ("cnn1d_wide", {}, SIGNAL),
+        ("cnn1d_wide", {"input_length": 64}, DIGITS.reshape(3, 8, 8, 1)),
         ("transformer", {}, SIGNAL),
         ("transformer", {"pool": "cls"}, SIGNAL[..., None]),
         ("transformer", {"input_length": 64, "patch_size": 8}, DIGITS),
@@ -166,6 +168,7 @@ def test_registry_lists_and_builds_every_name():
             "vgg16",
             "densenet121",
             "cnn1d",
+            "cnn1d_wide",
             "mlp",
             "transformer",
         ]

@@ -165,6 +165,8 @@ def test_small_model_counts():
     assert count("mlp", in_features=64) == 15_210 + 24 * 100
     # CNN1D: 3 convs (k=5, 32 channels) then 5 positions x 32 channels -> 10.
     assert count("cnn1d") == (5 * 1 * 32 + 32) + 2 * (5 * 32 * 32 + 32) + linear(5 * 32, 10)
+    # CNN1DWide: stride-1 convs of widths 5, 3, 3 keep all 40 positions for the head.
+    assert count("cnn1d_wide") == (5 * 32 + 32) + 2 * (3 * 32 * 32 + 32) + linear(40 * 32, 10)
     # Transformer: patch embedding, positions, 4 pre-LN blocks (2 LN, QKV+out, MLP), LN, head.
     d, t = 64, 10
     block = 2 * affine(d) + 4 * linear(d, d) + linear(d, 4 * d) + linear(4 * d, d)

@@ -10,6 +10,8 @@ Example::
         for batch in ds.train_batches(128, epoch=epoch, augmentation=aug):
             ...                                        # batch["x"] float32, batch["y"] int32
     x_test, y_test = ds.arrays("test")
+    tuned = data.load("mnist1d").split_validation(0.1, seed=0)  # 3,600 train / 400 val
+    x_val, y_val = tuned.arrays("val")                 # same normalisation as train
 
 "mnist1d" and "digits" need no download and no network; the TFDS datasets must have been
 prepared beforehand (see `DatasetNotPreparedError`).
@@ -57,7 +59,8 @@ def load(
         data_dir: "mnist1d": the cache directory (default `$XSAM_JAX_CACHE` or
             `~/.cache/xsam_jax`); TFDS datasets: the TFDS data directory; "digits":
             unused (bundled with scikit-learn).
-        **kwargs: loader options: "digits": `test_fraction`, `as_images`; TFDS datasets:
+        **kwargs: loader options: "mnist1d": `test_size` (more test signals from the same
+            generator); "digits": `test_fraction`, `as_images`; TFDS datasets:
             `normalization` ("standard" or "train").
 
     Returns:

@@ -2,6 +2,9 @@
 
 Images stay in their stored dtype (uint8 for CIFAR: 150 MB instead of 600 MB as float32)
 and are normalised batch by batch; small feature datasets are stored as float32.
+
+A validation split is carved out of the training set by `Dataset.split_validation`
+after loading, so it works the same for every loader and never touches the test set.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Literal
 import numpy as np
 
 from xsam_jax.data.augment import Augmentation
-from xsam_jax.data.pipeline import Batch, Prefetcher, iterate_batches
+from xsam_jax.data.pipeline import VALIDATION_STREAM, Batch, Prefetcher, iterate_batches
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -31,6 +34,9 @@ class Dataset:
         scale: inputs are divided by it first (255 for uint8 images, else 1).
         mean: per-channel mean subtracted after scaling, or None for no normalisation.
         std: per-channel standard deviation divided by after that, or None.
+        x_val: stored validation inputs held out of the training set, or None (see
+            `split_validation`).
+        y_val: int32 validation labels, or None.
     """
 
     name: str
@@ -43,10 +49,14 @@ class Dataset:
     scale: float = 1.0
     mean: np.ndarray | None = None
     std: np.ndarray | None = None
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
 
     def __post_init__(self):
         if (self.mean is None) != (self.std is None):
             raise ValueError("mean and std must be given together or both be None")
+        if (self.x_val is None) != (self.y_val is None):
+            raise ValueError("x_val and y_val must be given together or both be None")
         if self.seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {self.seed}")
         # float32 statistics keep the normalised batches float32 (float64 would upcast).
@@ -78,20 +88,71 @@ class Dataset:
             out = (out - self.mean) / self.std
         return out
 
-    def arrays(self, split: Literal["train", "test"]) -> tuple[np.ndarray, np.ndarray]:
+    def split_validation(self, fraction: float, seed: int) -> Dataset:
+        """Holds a random share of the training set out as a validation split.
+
+        The `round(fraction * N)` held-out examples are drawn uniformly (not stratified)
+        from the `N` training examples by a generator seeded with `seed` alone, so the same
+        seed always holds out the same examples, whatever the dataset's own `seed`. Both
+        parts keep their original relative order; the test split, the normalisation (the
+        stored `scale`, `mean`, `std`, also when they were computed from the full training
+        split) and the shuffling seed are unchanged.
+
+        Args:
+            fraction: share of the training examples to hold out, in (0, 1), leaving at
+                least one example on each side.
+            seed: fixes which examples are held out, >= 0.
+
+        Returns:
+            A new `Dataset` that trains on the remaining examples and serves the held-out
+            ones through `arrays("val")` and `val_batches`.
+
+        Raises:
+            ValueError: for a `fraction` or `seed` out of range, or a dataset that already
+                has a validation split.
+        """
+        if self.x_val is not None:
+            raise ValueError(
+                "split_validation needs a dataset without a validation split; split the "
+                "original dataset instead"
+            )
+        if seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {seed}")
+        num_train = len(self.y_train)
+        num_val = round(fraction * num_train) if 0.0 < fraction < 1.0 else 0
+        if not 1 <= num_val <= num_train - 1:
+            raise ValueError(
+                f"fraction must be in (0, 1) and leave at least one of the {num_train} "
+                f"training examples on each side, got {fraction} ({num_val} held out)"
+            )
+        rng = np.random.default_rng([VALIDATION_STREAM, seed])
+        held_out = np.zeros(num_train, bool)
+        held_out[rng.permutation(num_train)[:num_val]] = True
+        return dataclasses.replace(
+            self,
+            x_train=self.x_train[~held_out],
+            y_train=self.y_train[~held_out],
+            x_val=self.x_train[held_out],
+            y_val=self.y_train[held_out],
+        )
+
+    def arrays(self, split: Literal["train", "val", "test"]) -> tuple[np.ndarray, np.ndarray]:
         """A whole split, normalised, e.g. for full-batch evaluation.
 
         Args:
-            split: "train" or "test".
+            split: "train", "val" (after `split_validation`) or "test".
 
         Returns:
             `(x, y)`: float32 normalised inputs and int32 labels.
         """
         if split == "train":
             return self.normalize(self.x_train), self.y_train
+        if split == "val":
+            x, y = self._validation()
+            return self.normalize(x), y
         if split == "test":
             return self.normalize(self.x_test), self.y_test
-        raise ValueError(f"split must be one of ('train', 'test'), got {split!r}")
+        raise ValueError(f"split must be one of ('train', 'val', 'test'), got {split!r}")
 
     def train_batches(
         self,
@@ -143,12 +204,32 @@ class Dataset:
         Returns:
             An iterator of `{"x": float32, "y": int32}` batches.
         """
-        batches = iterate_batches(
-            self.x_test,
-            self.y_test,
-            batch_size,
-            transform=lambda xb, rng: self.normalize(xb),
-        )
+        return self._ordered_batches(self.x_test, self.y_test, batch_size, prefetch)
+
+    def val_batches(self, batch_size: int, *, prefetch: int = 2) -> Iterator[Batch]:
+        """The validation split (see `split_validation`) in order, like `test_batches`.
+
+        Args:
+            batch_size: examples per batch.
+            prefetch: batches prepared ahead in a background thread; 0 for none.
+
+        Returns:
+            An iterator of `{"x": float32, "y": int32}` batches.
+        """
+        x, y = self._validation()
+        return self._ordered_batches(x, y, batch_size, prefetch)
+
+    def _validation(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.x_val is None:
+            raise ValueError(
+                f"the {self.name!r} dataset has no validation split; call split_validation first"
+            )
+        return self.x_val, self.y_val
+
+    def _ordered_batches(
+        self, x: np.ndarray, y: np.ndarray, batch_size: int, prefetch: int
+    ) -> Iterator[Batch]:
+        batches = iterate_batches(x, y, batch_size, transform=lambda xb, rng: self.normalize(xb))
         return _maybe_prefetch(batches, prefetch)
 
 

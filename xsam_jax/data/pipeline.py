@@ -1,7 +1,8 @@
 """Epoch iteration over in-memory arrays and a background-thread prefetcher.
 
 Randomness is a pure function of `(seed, epoch)`: the epoch's permutation comes from the
-stream `(0, seed, epoch)` and batch `b`'s augmentation from `(1, seed, epoch, b)`. Any
+stream `(0, seed, epoch)` and batch `b`'s augmentation from `(1, seed, epoch, b)`
+(`Dataset.split_validation` draws its held-out examples from `(2, seed)`). Any
 epoch can therefore be replayed alone (e.g. after restoring a checkpoint), and the
 prefetcher, which only moves the same computation to another thread, cannot change what
 is produced. Every stream has a fixed length and a distinct leading tag because NumPy's
@@ -23,6 +24,7 @@ T = TypeVar("T")
 
 _SHUFFLE_STREAM = 0
 _AUGMENT_STREAM = 1
+VALIDATION_STREAM = 2
 
 
 def _check_non_negative(name: str, value: int) -> None:

@@ -32,7 +32,7 @@ from flax import nnx
 
 from xsam_jax.models.densenet import DenseNet, densenet121
 from xsam_jax.models.resnet import ResNet, resnet18, resnet34, resnet50
-from xsam_jax.models.small import CNN1D, MLP
+from xsam_jax.models.small import CNN1D, MLP, CNN1DWide
 from xsam_jax.models.transformer import TransformerClassifier
 from xsam_jax.models.vgg import VGG, vgg11, vgg16
 from xsam_jax.models.wide_resnet import WideResNet, wrn16_8, wrn28_10
@@ -47,6 +47,7 @@ _REGISTRY: dict[str, Callable[..., nnx.Module]] = {
     "vgg16": vgg16,
     "densenet121": densenet121,
     "cnn1d": CNN1D,
+    "cnn1d_wide": CNN1DWide,
     "mlp": MLP,
     "transformer": TransformerClassifier,
 }
@@ -66,7 +67,8 @@ def create(name: str, num_classes: int, *, rngs: nnx.Rngs, **kwargs: Any) -> nnx
         rngs: the parameter (and dropout) RNG streams, e.g. `nnx.Rngs(0)`.
         **kwargs: model options, e.g. `in_channels=1`, `dropout=0.3` (WRN, VGG "mlp" head,
             transformer), `classifier="mlp"` (VGG), `in_features=64` (MLP),
-            `input_length=64` (CNN1D, transformer).
+            `input_length=64` (CNN1D, CNN1DWide, transformer), `kernel_sizes=(5, 3, 3)`
+            (CNN1DWide).
 
     Returns:
         The model, in train mode.
@@ -99,6 +101,7 @@ def count_params(model: nnx.Module) -> int:
 
 __all__ = [
     "CNN1D",
+    "CNN1DWide",
     "MLP",
     "VGG",
     "DenseNet",
