@@ -15,30 +15,13 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import random
-import uuid
-from pathlib import Path
 
 import numpy as np
 
+from xsam_jax.data.cache import cache_dir, write_npz_atomically
 from xsam_jax.data.dataset import Dataset
 
-CACHE_ENV = "XSAM_JAX_CACHE"
-DEFAULT_CACHE = Path("~/.cache/xsam_jax")
 NUM_CLASSES = 10
-
-
-def cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """Where generated datasets are cached.
-
-    Args:
-        path: an explicit directory; takes precedence.
-
-    Returns:
-        `path`, else `$XSAM_JAX_CACHE`, else `~/.cache/xsam_jax` (user-expanded).
-    """
-    if path is None:
-        path = os.environ.get(CACHE_ENV) or DEFAULT_CACHE
-    return Path(path).expanduser()
 
 
 def _generate() -> dict[str, np.ndarray]:
@@ -58,17 +41,6 @@ def _generate() -> dict[str, np.ndarray]:
         "x_test": data["x_test"].astype(np.float32),
         "y_test": data["y_test"].astype(np.int32),
     }
-
-
-def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    # Write-then-rename so that a concurrent reader (another test worker or run) never
-    # sees a partial file. A plain open() rather than tempfile keeps the umask's
-    # permissions (tempfile creates 0600 files, unreadable in a shared cache).
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "xb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def load_mnist1d(*, cache: str | os.PathLike | None = None, seed: int = 0) -> Dataset:
@@ -91,5 +63,5 @@ def load_mnist1d(*, cache: str | os.PathLike | None = None, seed: int = 0) -> Da
             arrays = {k: f[k] for k in f.files}
     else:
         arrays = _generate()
-        _write_atomically(path, arrays)
+        write_npz_atomically(path, arrays)
     return Dataset(name="mnist1d", num_classes=NUM_CLASSES, seed=seed, **arrays)
