@@ -53,8 +53,7 @@ PIXEL_SCALE = 255.0
 
 
 class DatasetNotPreparedError(RuntimeError):
-    """The TFDS dataset is not on this machine in a form that can be read, and was not
-    (or could not be) downloaded and prepared."""
+    """A TFDS dataset cannot be read here: it is not prepared, or preparing it failed."""
 
 
 SPLITS = ("train", "test")
