@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=_int_list, default=None, metavar="S,S,...",
                    help="run each optimizer once per seed (overrides --seed)")
     p.add_argument("--data-dir", default=None, help="TFDS data dir, or the MNIST-1D cache dir")
+    p.add_argument("--download", action="store_true",
+                   help="download and prepare a TFDS dataset missing from the data dir (needs "
+                   "internet access and pip install 'xsam-jax[tfds-prepare]')")
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write metrics.json, curves.png and the checkpoint here")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")

@@ -60,6 +60,7 @@ class TrainConfig:
     augment: bool | None = None
     seed: int = 0
     data_dir: str | None = None
+    download: bool = False
 
     def validate(self) -> None:
         """ValueError naming the first bad field and its allowed values."""
@@ -170,7 +171,8 @@ class _Run:
     def __init__(self, config: TrainConfig):
         config.validate()
         self.config = config
-        self.dataset = data.load(config.dataset, seed=config.seed, data_dir=config.data_dir)
+        self.dataset = data.load(config.dataset, seed=config.seed, data_dir=config.data_dir,
+                                 download=config.download)
         self.steps_per_epoch = len(self.dataset.y_train) // config.batch_size
         if self.steps_per_epoch < 1:
             raise ValueError(f"batch-size ({config.batch_size}) exceeds the training set "

@@ -1,19 +1,19 @@
 """MNIST-1D (generated offline, cached), scikit-learn digits, TFDS image datasets (mocked)."""
 
 import collections
-import io
 import os
 import random
 
 import mnist1d.data
 import numpy as np
-import PIL.Image
 import pytest
 import tensorflow_datasets as tfds
 from sklearn.datasets import load_digits as sklearn_digits
+from tfds_fakes import TinyCifar10, tiny_images
 
 from xsam_jax import data
 from xsam_jax.data import mnist1d as mnist1d_module
+from xsam_jax.data import tfds as tfds_module
 
 
 def refuse_downloads(mp):
@@ -177,7 +177,7 @@ def test_missing_tfds_dataset_gives_a_clear_error(tmp_path):
         data.load("cifar10", data_dir=tmp_path)
     message = str(info.value)
     assert "'cifar10'" in message and str(tmp_path) in message
-    assert "download_and_prepare(file_format='array_record')" in message
+    assert "download=True" in message and "[tfds-prepare]" in message
     assert info.value.__cause__ is not None
 
 
@@ -192,47 +192,6 @@ def test_unknown_names_and_options():
         data.load("cifar10", normalization="imagenet")
 
 
-def png_bytes(image):
-    buffer = io.BytesIO()
-    PIL.Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-class TinyCifar10(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """A few random images written offline as a real 'cifar10' ArrayRecord directory.
-
-    The images are PNG-encoded with PIL and handed to TFDS as bytes, because TFDS's own
-    encoder needs TensorFlow; reading goes through the registered cifar10 builder, as
-    with the real dataset.
-    """
-
-    name = "cifar10"
-    VERSION = tfds.core.Version("3.0.2")
-
-    def _info(self):
-        return tfds.core.DatasetInfo(
-            builder=self,
-            features=tfds.features.FeaturesDict(
-                {
-                    "id": tfds.features.Text(),
-                    "image": tfds.features.Image(shape=(32, 32, 3)),
-                    "label": tfds.features.ClassLabel(num_classes=10),
-                }
-            ),
-        )
-
-    def _split_generators(self, dl_manager):
-        return {"train": self._generate_examples(7), "test": self._generate_examples(3)}
-
-    def _generate_examples(self, n):
-        for i, image in enumerate(tiny_images(n)):
-            yield str(i), {"id": str(i), "image": png_bytes(image), "label": i}
-
-
-def tiny_images(n):
-    return np.random.default_rng(n).integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
-
-
 def test_cifar10_from_a_real_array_record_directory(tmp_path):
     TinyCifar10(data_dir=tmp_path, file_format="array_record").download_and_prepare()
     ds = data.load("cifar10", data_dir=tmp_path)
@@ -241,3 +200,74 @@ def test_cifar10_from_a_real_array_record_directory(tmp_path):
         # Examples come back in the builder's shuffled order; the label is the index.
         assert sorted(y.tolist()) == list(range(n))
         np.testing.assert_array_equal(x, tiny_images(n)[y])
+
+
+def test_without_data_dir_the_cli_names_download_and_data_dir(tmp_path, monkeypatch, capsys):
+    # A fresh machine: TFDS's default data dir (~/tensorflow_datasets, or $TFDS_DATA_DIR read
+    # when TFDS is imported) is empty, and the user gives no --data-dir.
+    from tensorflow_datasets.core import constants
+
+    from xsam_jax import cli
+
+    monkeypatch.setattr(constants, "DATA_DIR", str(tmp_path))
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--dataset", "cifar10", "--epochs", "1", "--no-progress"])
+    assert info.value.code == 2
+    message = capsys.readouterr().err.strip()
+    assert message.startswith("xsam-train: error: Dataset 'cifar10'") and "\n" not in message
+    assert "--download" in message and "--data-dir" in message and str(tmp_path) in message
+    assert list(tmp_path.iterdir()) == []  # looking did not create anything
+
+
+def decoded_cache_files(cache):
+    return sorted(p.name for p in cache.iterdir())
+
+
+def test_second_load_reads_the_decoded_cache(tmp_path, isolated_cache, monkeypatch):
+    TinyCifar10(data_dir=tmp_path, file_format="array_record").download_and_prepare()
+    first = data.load("cifar10", data_dir=tmp_path)
+    names = decoded_cache_files(isolated_cache)
+    assert len(names) == 2 and all(n.endswith(".npz") for n in names)  # no temporary left
+    assert names[0].startswith("tfds-cifar10-3.0.2-test-")
+    assert names[1].startswith("tfds-cifar10-3.0.2-train-")
+
+    def refuse(source):
+        raise AssertionError("decoded the images again although they are cached")
+
+    monkeypatch.setattr(tfds_module, "_read_split", refuse)
+    second = data.load("cifar10", data_dir=tmp_path)
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(second, name), getattr(first, name))
+        assert getattr(second, name).dtype == getattr(first, name).dtype
+
+
+def test_a_corrupted_or_partial_decoded_cache_is_rewritten(tmp_path, isolated_cache, monkeypatch):
+    TinyCifar10(data_dir=tmp_path, file_format="array_record").download_and_prepare()
+    first = data.load("cifar10", data_dir=tmp_path)
+    test_file, train_file = sorted(isolated_cache.iterdir())
+    train_file.write_bytes(train_file.read_bytes()[: train_file.stat().st_size // 2])
+    test_file.write_bytes(b"not an npz file")
+
+    decoded = []
+    read_split = tfds_module._read_split
+
+    def counting(source):
+        decoded.append(len(source))
+        return read_split(source)
+
+    monkeypatch.setattr(tfds_module, "_read_split", counting)
+    second = data.load("cifar10", data_dir=tmp_path)
+    assert sorted(decoded) == [3, 7]  # both splits decoded again
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        np.testing.assert_array_equal(getattr(second, name), getattr(first, name))
+    for file, x in ((train_file, first.x_train), (test_file, first.x_test)):
+        with np.load(file) as rewritten:
+            np.testing.assert_array_equal(rewritten["x"], x)
+
+
+def test_mocked_tfds_data_is_never_cached(isolated_cache):
+    # Mocked data has no files to key a cache entry on; caching it would serve stale
+    # examples to a later mock with another size.
+    with tfds.testing.mock_data(num_examples=5):
+        data.load("cifar10")
+    assert list(isolated_cache.iterdir()) == []

@@ -14,7 +14,8 @@ Example::
     x_val, y_val = tuned.arrays("val")                 # same normalisation as train
 
 "mnist1d" and "digits" need no download and no network; the TFDS datasets must have been
-prepared beforehand (see `DatasetNotPreparedError`).
+prepared beforehand, or are prepared on the first `load(name, download=True)` (see
+`DatasetNotPreparedError`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ import os
 from typing import Any
 
 from xsam_jax.data.augment import Augmentation, cutout, random_crop, random_flip
+from xsam_jax.data.cache import cache_dir
 from xsam_jax.data.dataset import Dataset
 from xsam_jax.data.digits import load_digits
-from xsam_jax.data.mnist1d import cache_dir, load_mnist1d
+from xsam_jax.data.mnist1d import load_mnist1d
 from xsam_jax.data.pipeline import (
     Batch,
     Prefetcher,
@@ -47,6 +49,7 @@ def load(
     *,
     seed: int = 0,
     data_dir: str | os.PathLike | None = None,
+    download: bool = False,
     **kwargs: Any,
 ) -> Dataset:
     """Loads a dataset by name.
@@ -59,6 +62,9 @@ def load(
         data_dir: "mnist1d": the cache directory (default `$XSAM_JAX_CACHE` or
             `~/.cache/xsam_jax`); TFDS datasets: the TFDS data directory; "digits":
             unused (bundled with scikit-learn).
+        download: TFDS datasets: download and prepare the dataset first if it is not
+            prepared yet (needs internet access and the `[tfds-prepare]` extra); ignored by
+            "mnist1d" and "digits", which need no download.
         **kwargs: loader options: "mnist1d": `test_size` (more test signals from the same
             generator); "digits": `test_fraction`, `as_images`; TFDS datasets:
             `normalization` ("standard" or "train").
@@ -68,14 +74,15 @@ def load(
 
     Raises:
         ValueError: for an unknown `name` (the message lists the allowed names).
-        DatasetNotPreparedError: for a TFDS dataset that is not prepared locally.
+        DatasetNotPreparedError: for a TFDS dataset that is not prepared locally (and
+            `download` is False), or that could not be downloaded and prepared.
     """
     if name == "mnist1d":
         return load_mnist1d(cache=data_dir, seed=seed, **kwargs)
     if name == "digits":
         return load_digits(seed=seed, **kwargs)
     if name in _TFDS_SPECS:
-        return load_tfds(name, data_dir=data_dir, seed=seed, **kwargs)
+        return load_tfds(name, data_dir=data_dir, seed=seed, download=download, **kwargs)
     raise ValueError(f"name must be one of {available()}, got {name!r}")
 
 

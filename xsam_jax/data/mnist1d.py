@@ -21,35 +21,19 @@ import importlib.metadata
 import os
 import random
 import types
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xsam_jax.data.cache import cache_dir, write_npz_atomically
 from xsam_jax.data.dataset import Dataset
 
-CACHE_ENV = "XSAM_JAX_CACHE"
-DEFAULT_CACHE = Path("~/.cache/xsam_jax")
 NUM_CLASSES = 10
 STANDARD_TEST_SIZE = 1000
 # Seeds the extra test signals; any seed but the standard set's 42 gives fresh draws.
 EXTRA_TEST_SEED = 43
-
-
-def cache_dir(path: str | os.PathLike | None = None) -> Path:
-    """Where generated datasets are cached.
-
-    Args:
-        path: an explicit directory; takes precedence.
-
-    Returns:
-        `path`, else `$XSAM_JAX_CACHE`, else `~/.cache/xsam_jax` (user-expanded).
-    """
-    if path is None:
-        path = os.environ.get(CACHE_ENV) or DEFAULT_CACHE
-    return Path(path).expanduser()
 
 
 def _make_dataset(**overrides: Any) -> dict[str, np.ndarray]:
@@ -97,19 +81,8 @@ def _cached(path: Path, generate: Callable[[], dict[str, np.ndarray]]) -> dict[s
         with np.load(path) as f:
             return {k: f[k] for k in f.files}
     arrays = generate()
-    _write_atomically(path, arrays)
+    write_npz_atomically(path, arrays)
     return arrays
-
-
-def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    # Write-then-rename so that a concurrent reader (another test worker or run) never
-    # sees a partial file. A plain open() rather than tempfile keeps the umask's
-    # permissions (tempfile creates 0600 files, unreadable in a shared cache).
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    with open(tmp, "xb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 def load_mnist1d(
