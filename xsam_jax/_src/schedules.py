@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from xsam_jax._src.validation import as_schedule, check_radius, static_value
+from xsam_jax._src.validation import as_schedule, check_int, check_radius
 
 
 def late_phase(rho: float | optax.Schedule, start_step: int) -> Callable[[jax.Array], jax.Array]:
@@ -38,11 +38,9 @@ def late_phase(rho: float | optax.Schedule, start_step: int) -> Callable[[jax.Ar
       Training <https://arxiv.org/abs/2410.10373>`_, ICLR 2025.
     """
     check_radius("rho", rho)
-    step = static_value(start_step)
-    if step is None or isinstance(start_step, bool) or step != int(step) or step < 0:
-        raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}.")
+    check_int("start_step", start_step, low=0)
     rho_fn = as_schedule(rho)
-    start = int(step)
+    start = int(start_step)
 
     def schedule(count: jax.Array) -> jax.Array:
         return jnp.where(count >= start, rho_fn(count), jnp.zeros((), jnp.float32))
