@@ -259,13 +259,17 @@ def run(config: TrainConfig, *, out: str | pathlib.Path | None = None, resume: b
     checkpointer = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        checkpointer = training.Checkpointer(out / "checkpoint", max_to_keep=1)
+        # Two, so that a damaged latest checkpoint costs one epoch, not the run.
+        checkpointer = training.Checkpointer(out / "checkpoint", max_to_keep=2)
         if resume and checkpointer.latest_step() is not None:
-            saved = checkpointer.metadata()
-            if saved.get("config") != dataclasses.asdict(config):
-                raise ValueError(f"--resume: the checkpoint in {out} was written with a different "
-                                 "config; use the same flags or another --out")
-            built.state = checkpointer.restore(built.state)
+
+            def same_config(saved: dict[str, Any]) -> training.TrainState:
+                if saved.get("config") != dataclasses.asdict(config):
+                    raise ValueError(f"--resume: the checkpoint in {out} was written with a "
+                                     "different config; use the same flags or another --out")
+                return built.state
+
+            built.state, _, saved = checkpointer.restore_latest_readable(same_config)
             history = saved.get("history", [])
         elif resume:
             raise ValueError(f"--resume: no checkpoint in {out / 'checkpoint'}")
@@ -317,7 +321,8 @@ def run(config: TrainConfig, *, out: str | pathlib.Path | None = None, resume: b
 def load_run(out: str | pathlib.Path) -> tuple[TrainConfig, _Run]:
     """What `run(config, out=out)` saved: its config and the run rebuilt with the final state.
 
-    The config is the one stored with the latest checkpoint in `out/checkpoint`; the data,
+    The config is the one stored with the latest readable checkpoint in `out/checkpoint` (a
+    damaged latest one costs a line on stderr and the previous one is restored); the data,
     model and optimizer are rebuilt from it on one device (the saved arrays do not depend on
     the device count) and every array of the state is restored.
 
@@ -330,6 +335,7 @@ def load_run(out: str | pathlib.Path) -> tuple[TrainConfig, _Run]:
 
     Raises:
       FileNotFoundError: `out` or its checkpoint is missing.
+      CheckpointUnreadableError: no checkpoint can be read (a ValueError).
       ValueError: the saved config is not one this version can rebuild.
     """
     directory = pathlib.Path(out) / "checkpoint"
@@ -337,17 +343,24 @@ def load_run(out: str | pathlib.Path) -> tuple[TrainConfig, _Run]:
         raise FileNotFoundError(f"{out}: no such directory")
     if not directory.is_dir():
         raise FileNotFoundError(f"{out} has no checkpoint/ (written by xsam-train --out DIR)")
+    config, built = None, None
+
+    def rebuilt(saved: dict[str, Any]) -> training.TrainState:
+        nonlocal config, built
+        if built is None:  # every checkpoint of a run holds the same config
+            try:
+                config = TrainConfig(**saved.get("config"))
+            except TypeError as err:
+                raise ValueError(f"{directory}: the saved config is not a TrainConfig of this "
+                                 f"version ({err})") from None
+            built = _Run(dataclasses.replace(config, devices=1))
+        return built.state
+
     with training.Checkpointer(directory, max_to_keep=None) as checkpointer:
         if checkpointer.latest_step() is None:
             raise FileNotFoundError(f"{directory} holds no checkpoint")
-        saved = checkpointer.metadata().get("config")
-        try:
-            config = TrainConfig(**saved)
-        except TypeError as err:
-            raise ValueError(f"{directory}: the saved config is not a TrainConfig of this "
-                             f"version ({err})") from None
-        built = _Run(dataclasses.replace(config, devices=1))
-        built.state = checkpointer.restore(built.state)
+        state = checkpointer.restore_latest_readable(rebuilt).state
+    built.state = state
     return config, built
 
 
