@@ -183,6 +183,10 @@ def test_compare_with_seeds_prints_a_table(tmp_path, capsys):
     (["--wsam-gamma", "1"], "--wsam-gamma must be a finite float in [0, 1), got 1.0"),
     (["--late-phase-start", "1.5"], "--late-phase-start must be a finite float in [0, 1], got 1.5"),
     (["--model", "resnet1000"], "--model must be one of 'cnn1d', 'densenet121', "),
+    (["--model", "resnet18"], "--model must be one of cnn1d, mlp, transformer for digits, whose "
+     "examples have shape (64,), got 'resnet18'"),
+    (["--batch-size", "2000"], "--batch-size must be at most the 1437 training examples, "
+     "got 2000"),
 ])
 def test_bad_flags_get_a_one_line_error(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:

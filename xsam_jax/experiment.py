@@ -188,9 +188,15 @@ class _Run:
         self.dataset = data.load(config.dataset, seed=config.seed, data_dir=config.data_dir)
         self.steps_per_epoch = len(self.dataset.y_train) // config.batch_size
         if self.steps_per_epoch < 1:
-            raise ValueError(f"batch-size ({config.batch_size}) exceeds the training set "
-                             f"({len(self.dataset.y_train)} examples)")
+            raise InvalidArgumentError("--batch-size", f"at most the {len(self.dataset.y_train)} "
+                                       "training examples", config.batch_size)
         name = config.model_name
+        shape = self.dataset.input_shape
+        if name not in models.available(shape):
+            fits = ", ".join(models.available(shape))
+            raise InvalidArgumentError(
+                "--model", f"one of {fits} for {config.dataset}, whose examples have shape "
+                f"{shape}", name)
         model = models.create(name, self.dataset.num_classes, rngs=nnx.Rngs(config.seed),
                               **_model_kwargs(name, self.dataset.input_shape))
         images = len(self.dataset.input_shape) == 3
