@@ -279,7 +279,7 @@ def test_old_forms_still_work_with_a_deprecation_notice(runs, capsys):
         ),
         (
             ["run", "{root}/xsam", "--rho", "-1"],
-            "xsam-analyse: error: --rho must be None or a finite float > 0, got -1.0",
+            "xsam-analyse: error: --rho must be a finite float > 0, got -1.0",
         ),
         (
             ["run", "{root}/xsam", "--num-iters", "2"],
@@ -288,6 +288,10 @@ def test_old_forms_still_work_with_a_deprecation_notice(runs, capsys):
         (
             ["valley", "{root}/sgd", "{root}/xsam", "--num", "2"],
             "xsam-analyse: error: --num must be an integer >= 3, got 2",
+        ),
+        (
+            ["valley", "{root}/sgd", "{root}/xsam", "--chunk", "0"],
+            "xsam-analyse: error: --chunk must be an integer >= 1, got 0",
         ),
         (
             ["run", "{root}/xsam", "--trace-samples", "x"],

@@ -235,11 +235,18 @@ def _check_sharpness_arguments(
     check_int("trace_samples", trace_samples, low=2)
     check_int("k", k, low=1)
     check_int("num_iters", num_iters, low=k)
-    # Unlike the transformations (ρ >= 0), a probe needs a radius > 0.
-    check_range("rho", rho, low=0.0, low_open=True, optional=True)
-    check_range("rho_max", rho_max, low=0.0, low_open=True, optional=True)
+    # Unlike the transformations (ρ >= 0), a probe needs a radius > 0. None (the run's
+    # radius, all at once) is left out of the messages: they also serve the flags.
+    for name, radius in (("rho", rho), ("rho_max", rho_max)):
+        if radius is not None:
+            check_range(name, radius, low=0.0, low_open=True)
     check_int("seed", seed, low=0)
-    check_int("chunk", chunk, low=1, optional=True)
+    _check_chunk(chunk)
+
+
+def _check_chunk(chunk: int | None) -> None:
+    if chunk is not None:
+        check_int("chunk", chunk, low=1)
 
 
 def sharpness_of_run(
@@ -428,7 +435,7 @@ def valley_between_runs(
     check_int("examples", examples, low=1)
     check_int("num", num, low=3)
     check_int("seed", seed, low=0)
-    check_int("chunk", chunk, low=1, optional=True)
+    _check_chunk(chunk)
     check_run_dir(dir_a)
     check_run_dir(dir_b)
     (config_a, built_a), (config_b, built_b) = _restore_pair(dir_a, dir_b, stages)
