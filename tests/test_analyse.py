@@ -19,7 +19,9 @@ import scipy.sparse.linalg
 from flax import nnx
 from jax.flatten_util import ravel_pytree
 
+import xsam_jax as xs
 from xsam_jax import analyse, cli, data, experiment, models, training
+from xsam_jax.analyse import compute
 
 FAST = ["--dataset", "digits", "--epochs", "1", "--no-progress"]
 
@@ -38,8 +40,7 @@ def restore(run_dir):
     dataset = data.load(config.dataset, seed=config.seed)
     model = models.create("mlp", dataset.num_classes, in_features=64, rngs=nnx.Rngs(config.seed))
     # The schedule length does not change the optimizer state's structure.
-    state = training.TrainState.create(model, experiment.make_optimizer(config, 1),
-                                       rng=config.seed)
+    state = training.TrainState.create(model, experiment.make_optimizer(config, 1), rng=config.seed)
     with training.Checkpointer(run_dir / "checkpoint") as checkpointer:
         return config, dataset, checkpointer.restore(state)
 
@@ -63,18 +64,18 @@ def accuracy(state, w, x, y):
 
 @pytest.fixture(scope="module")
 def report(runs):
-    """`xsam-analyse RUN_DIR` on the XSAM run, through the CLI: its analysis.json."""
+    """`xsam-analyse run RUN_DIR` on the XSAM run, through the CLI: its analysis.json."""
     run_dir = runs / "xsam"
-    status = analyse.main([str(run_dir), "--no-progress", "--trace-samples", "200"])
+    status = analyse.main(["run", str(run_dir), "--no-progress", "--trace-samples", "200"])
     assert status == 0
     return json.loads((run_dir / "analysis" / "analysis.json").read_text())
 
 
 def test_report_files_and_settings(runs, report):
+    # What the figures show is checked in test_plotting; here, that all three were written.
     out = runs / "xsam" / "analysis"
     for name in ("alpha_curve.png", "proposition1.png", "alpha_per_epoch.png"):
-        image = matplotlib.image.imread(out / name)
-        assert image.ndim == 3 and min(image.shape[:2]) > 100
+        assert matplotlib.image.imread(out / name).ndim == 3
     settings = report["settings"]
     # XSAM's defaults rho = 0.15, rho_max = 2 rho; 1000 examples in 8 equal batches of 125.
     assert (settings["rho"], settings["rho_max"]) == (0.15, 0.3)
@@ -84,6 +85,20 @@ def test_report_files_and_settings(runs, report):
     metrics = json.loads((runs / "xsam" / "metrics.json").read_text())
     assert report["config"] == metrics["config"]
     assert report["final_test_accuracy"] == metrics["final_test_accuracy"]
+
+
+def test_final_accuracy_and_alpha_star_are_those_of_the_saved_state(runs, report):
+    """The run's numbers against the checkpoint, evaluated and read here independently."""
+    _, dataset, state = restore(runs / "xsam")
+    x_test, y_test = dataset.arrays("test")
+    flat = ravel_pytree(state.params)[0]
+    metrics = json.loads((runs / "xsam" / "metrics.json").read_text())
+    assert metrics["final_test_accuracy"] == pytest.approx(
+        accuracy(state, flat, x_test, y_test), abs=1e-6
+    )
+    (xsam_state,) = [s for s in state.opt_state if isinstance(s, xs.XSAMState)]
+    assert report["run_alpha_star"] == float(xsam_state.alpha)
+    assert metrics["history"][-1]["alpha"] == float(xsam_state.alpha)
 
 
 def test_hessian_matches_arpack_and_an_independent_hutchinson(runs, report):
@@ -97,10 +112,13 @@ def test_hessian_matches_arpack_and_an_independent_hutchinson(runs, report):
     # ARPACK's implicitly restarted Lanczos on the same HVPs (the late-phase paper's eigsh).
     n = flat.size
     operator = scipy.sparse.linalg.LinearOperator(
-        (n, n), dtype=np.float64,
-        matvec=lambda v: np.asarray(hvp(jnp.asarray(v.ravel(), jnp.float32)), np.float64))
-    reference = np.sort(scipy.sparse.linalg.eigsh(operator, k=3, which="LA", tol=1e-6,
-                                                  return_eigenvectors=False))[::-1]
+        (n, n),
+        dtype=np.float64,
+        matvec=lambda v: np.asarray(hvp(jnp.asarray(v.ravel(), jnp.float32)), np.float64),
+    )
+    reference = np.sort(
+        scipy.sparse.linalg.eigsh(operator, k=3, which="LA", tol=1e-6, return_eigenvectors=False)
+    )[::-1]
     eigenvalues = np.array(report["hessian"]["eigenvalues"])
     assert np.all(np.diff(eigenvalues) <= 0)
     np.testing.assert_allclose(eigenvalues, reference, rtol=1e-3)
@@ -109,8 +127,9 @@ def test_hessian_matches_arpack_and_an_independent_hutchinson(runs, report):
     # 1000 fresh Rademacher probes (the exact diagonal, 17k HVPs, takes 1.5 min on 2 cores):
     # the two estimates of tr H must agree within 4 standard errors of their difference.
     probes = jax.random.rademacher(jax.random.key(1234), (1000, n), jnp.float32)
-    quads = np.asarray(jax.jit(lambda z: jax.lax.map(lambda v: v @ hvp(v), z, batch_size=100))(
-        probes), np.float64)
+    quads = np.asarray(
+        jax.jit(lambda z: jax.lax.map(lambda v: v @ hvp(v), z, batch_size=100))(probes), np.float64
+    )
     stderr = np.hypot(report["hessian"]["trace_stderr"], quads.std(ddof=1) / np.sqrt(1000))
     assert abs(report["hessian"]["trace"] - quads.mean()) <= 4 * stderr
     assert len(report["hessian"]["trace_samples"]) == 200
@@ -149,12 +168,18 @@ def test_proposition1_and_alpha_curve_match_direct_evaluation(runs, report):
 def test_interpolation_endpoints_and_midpoint_are_the_runs(runs, capsys):
     capsys.readouterr()
     out = runs / "interp"
-    assert analyse.main(["--compare", str(runs / "sgd"), str(runs / "xsam"), "--out", str(out),
-                         "--no-progress"]) == 0
+    assert (
+        analyse.main(
+            ["valley", str(runs / "sgd"), str(runs / "xsam"), "--out", str(out), "--no-progress"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    assert "barrier" in printed and "curvature" in printed
     assert matplotlib.image.imread(out / "interpolation.png").ndim == 3
     result = json.loads((out / "interpolation.json").read_text())
+    # The printed report carries the JSON's numbers.
+    assert f"= {result['train_loss_barrier']:.4g}" in printed
+    assert f"{result['curvature_at_a']:.4g} at A, {result['curvature_at_b']:.4g} at B" in printed
     lambdas = np.array(result["lambdas"])
     assert len(lambdas) == 29 and lambdas[0] == pytest.approx(-0.2)
     assert lambdas[-1] == pytest.approx(1.2)
@@ -162,8 +187,13 @@ def test_interpolation_endpoints_and_midpoint_are_the_runs(runs, capsys):
     _, dataset, state_a = restore(runs / "sgd")
     _, _, state_b = restore(runs / "xsam")
     theta_a, theta_b = ravel_pytree(state_a.params)[0], ravel_pytree(state_b.params)[0]
-    split = {s: (dataset.arrays(s)[0][result[f"{s}_indices"]],
-                 dataset.arrays(s)[1][result[f"{s}_indices"]]) for s in ("train", "test")}
+    split = {
+        s: (
+            dataset.arrays(s)[0][result[f"{s}_indices"]],
+            dataset.arrays(s)[1][result[f"{s}_indices"]],
+        )
+        for s in ("train", "test")
+    }
     assert len(split["test"][1]) == 360  # capped at the test split
 
     def evaluate(w):
@@ -182,12 +212,13 @@ def test_interpolation_endpoints_and_midpoint_are_the_runs(runs, capsys):
 
     # The valley test's curvature at A: a second difference of losses evaluated here.
     h = 0.05
-    around_a = [flat_loss(state_a, *split["train"])[0](theta_a + t * (theta_b - theta_a))
-                for t in (-h, 0.0, h)]
+    around_a = [
+        flat_loss(state_a, *split["train"])[0](theta_a + t * (theta_b - theta_a))
+        for t in (-h, 0.0, h)
+    ]
     curvature = float(around_a[0] - 2 * around_a[1] + around_a[2]) / h**2
     assert result["curvature_at_a"] == pytest.approx(curvature, rel=2e-2, abs=1e-3)
-    assert result["distance"] == pytest.approx(float(jnp.linalg.norm(theta_b - theta_a)),
-                                               rel=1e-5)
+    assert result["distance"] == pytest.approx(float(jnp.linalg.norm(theta_b - theta_a)), rel=1e-5)
 
 
 def test_interpolating_different_models_is_a_one_line_error(runs, capsys):
@@ -195,21 +226,88 @@ def test_interpolating_different_models_is_a_one_line_error(runs, capsys):
     assert cli.main([*FAST, "--optimizer", "sgd", "--model", "cnn1d", "--out", str(other)]) == 0
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_info:
-        analyse.main(["--compare", str(runs / "sgd"), str(other), "--no-progress"])
+        analyse.main(["valley", str(runs / "sgd"), str(other), "--no-progress"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "same model and dataset" in err
 
 
+def test_old_forms_still_work_with_a_deprecation_notice(runs, capsys):
+    capsys.readouterr()
+    cheap = ["--examples", "20", "--no-progress"]
+    old_run = [str(runs / "sgd"), *cheap, "--trace-samples", "2", "--num-iters", "3", "--out"]
+    assert analyse.main([*old_run, str(runs / "old_run")]) == 0
+    assert (
+        analyse.main(
+            [
+                "--compare",
+                str(runs / "sgd"),
+                str(runs / "xsam"),
+                *cheap,
+                "--num",
+                "3",
+                "--out",
+                str(runs / "old_valley"),
+            ]
+        )
+        == 0
+    )
+    notices = capsys.readouterr().err.splitlines()
+    assert notices == [
+        "xsam-analyse: `xsam-analyse RUN_DIR` is deprecated, use `xsam-analyse run RUN_DIR`",
+        "xsam-analyse: `xsam-analyse --compare DIR_A DIR_B` is deprecated, use "
+        "`xsam-analyse valley DIR_A DIR_B`",
+    ]
+    old = json.loads((runs / "old_run" / "analysis.json").read_text())
+    assert (old["run_dir"], old["settings"]["trace_samples"]) == (str(runs / "sgd"), 2)
+    valley = json.loads((runs / "old_valley" / "interpolation.json").read_text())
+    assert (valley["run_a"]["dir"], valley["run_b"]["dir"]) == (
+        str(runs / "sgd"),
+        str(runs / "xsam"),
+    )
+    assert valley["lambdas"] == pytest.approx([-0.2, 0.5, 1.2])
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["{root}/missing"], "no such directory"),
-        (["{root}"], "pass one of"),  # a directory of runs, not a run
-        (["{root}/xsam", "--examples", "0"], "examples must be"),
-        (["{root}/xsam", "--rho", "-1"], "rho must be"),
-        (["{root}/xsam", "--trace-samples", "x"], "invalid int value"),
-        ([], "either RUN_DIR or --compare"),
+        (["run", "{root}/missing"], "xsam-analyse: error: {root}/missing: no such directory"),
+        (["run", "{root}"], "pass one of"),  # a directory of runs, not a run
+        (
+            ["run", "{root}/xsam", "--examples", "0"],
+            "xsam-analyse: error: --examples must be an integer >= 1, got 0",
+        ),
+        (
+            ["run", "{root}/xsam", "--rho", "-1"],
+            "xsam-analyse: error: --rho must be a finite float > 0, got -1.0",
+        ),
+        (
+            ["run", "{root}/xsam", "--num-iters", "2"],
+            "xsam-analyse: error: --num-iters must be an integer >= 3, got 2",
+        ),
+        (
+            ["valley", "{root}/sgd", "{root}/xsam", "--num", "2"],
+            "xsam-analyse: error: --num must be an integer >= 3, got 2",
+        ),
+        (
+            ["valley", "{root}/sgd", "{root}/xsam", "--chunk", "0"],
+            "xsam-analyse: error: --chunk must be an integer >= 1, got 0",
+        ),
+        (
+            ["run", "{root}/xsam", "--trace-samples", "x"],
+            "xsam-analyse run: error: argument --trace-samples: invalid int value: 'x'",
+        ),
+        # Each subcommand has only its own flags.
+        (
+            ["run", "{root}/xsam", "--num", "5"],
+            "xsam-analyse: error: unrecognized arguments: --num 5",
+        ),
+        (
+            ["valley", "{root}/sgd", "{root}/xsam", "--rho", "0.1"],
+            "xsam-analyse: error: unrecognized arguments: --rho 0.1",
+        ),
+        (["valley", "{root}/sgd"], "the following arguments are required: DIR_B"),
+        ([], "xsam-analyse: error: the following arguments are required: {{run,valley}}"),
     ],
 )
 def test_bad_directory_or_flag_is_a_one_line_error(runs, capsys, argv, message):
@@ -218,18 +316,21 @@ def test_bad_directory_or_flag_is_a_one_line_error(runs, capsys, argv, message):
         analyse.main([a.format(root=runs) for a in argv])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("xsam-analyse: error:") and err.count("\n") == 1
-    assert message in err and "Traceback" not in err
+    assert err.startswith("xsam-analyse") and err.count("\n") == 1
+    assert message.format(root=runs) in err and "Traceback" not in err
 
 
 def test_only_floating_model_state_is_interpolated():
     # The digits MLP has no BatchNorm: check the split on a model that has running statistics
     # (floating, interpolated) and an RNG stream (a key and a count, kept from run A).
-    model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.BatchNorm(4, rngs=nnx.Rngs(0)),
-                           nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=1)))
+    model = nnx.Sequential(
+        nnx.Linear(3, 4, rngs=nnx.Rngs(0)),
+        nnx.BatchNorm(4, rngs=nnx.Rngs(0)),
+        nnx.Dropout(0.5, rngs=nnx.Rngs(dropout=1)),
+    )
     model_state = nnx.as_pure(nnx.split(model, nnx.Param, ...)[2])
     batchnorm, rngs = model_state["layers"][1], model_state["layers"][2]["rngs"]
-    stats, rebuild = analyse._split_floating(model_state)
+    stats, rebuild = compute.split_floating(model_state)
     assert {id(s) for s in stats} == {id(batchnorm["mean"]), id(batchnorm["var"])}
     rebuilt = rebuild([s + 1.0 for s in stats])
     for name in ("mean", "var"):

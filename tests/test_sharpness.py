@@ -6,6 +6,7 @@ NumPy, central differences of float64 gradients, and closed-form ball maxima.
 """
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -206,6 +207,21 @@ def test_power_iteration_matches_known_spectrum_and_lanczos():
     np.testing.assert_allclose(power, EIG_MLP[-1], rtol=1e-3)
 
 
+def test_power_iteration_keeps_the_sign_of_a_dominant_negative_eigenvalue():
+    # Eigenvalues {-5, 2, 1}: the largest magnitude is negative, so its Rayleigh quotient
+    # v^T H v is -5 where the norm ||Hv|| would be +5.
+    q, _ = np.linalg.qr(np.random.default_rng(7).normal(size=(3, 3)))
+    a = jnp.asarray(q @ np.diag([-5.0, 2.0, 1.0]) @ q.T, jnp.float32)
+
+    def loss(w):
+        return 0.5 * w @ a @ w
+
+    top = sh.hessian_eigenvalues(loss, jnp.ones(3), key=KEY, k=1, method="power", tol=1e-7)
+    np.testing.assert_allclose(top, [-5.0], rtol=1e-4)
+    every = sh.hessian_eigenvalues(loss, jnp.ones(3), key=KEY, k=3, method="power", tol=1e-7)
+    np.testing.assert_allclose(every, [2.0, 1.0, -5.0], rtol=1e-4)
+
+
 def test_zero_hessian_gives_zero_eigenvalues_without_nan():
     for method in ("lanczos", "power"):
         got = sh.hessian_eigenvalues(lambda w: jnp.sum(w), jnp.ones(4), key=KEY, k=2, method=method)
@@ -274,6 +290,27 @@ def test_max_loss_in_ball_at_a_stationary_point_without_key_is_zero_not_nan():
     assert np.isfinite(flat(res.epsilon)).all()
 
 
+def test_max_loss_in_ball_finds_a_peak_strictly_inside_the_ball():
+    # A concave bump L(θ + ε) = -½ (ε - c)^T A (ε - c) peaks at ε = c with ‖c‖ = ρ/2: the
+    # maximum over the ball is L = 0 there, sharpness ½ c^T A c. Every point of the sphere
+    # ‖ε‖ = ρ is at least ρ/2 from c, so its loss is at most -½ λ_min (ρ/2)² = -0.125.
+    q, _ = np.linalg.qr(np.random.default_rng(8).normal(size=(4, 4)))
+    a = q @ np.diag([3.0, 2.0, 1.5, 1.0]) @ q.T
+    c = 0.5 * q[:, 1]  # rho = 1
+
+    def loss(w):
+        d = w - jnp.asarray(c, jnp.float32)
+        return -0.5 * d @ jnp.asarray(a, jnp.float32) @ d
+
+    res = sh.max_loss_in_ball(loss, jnp.zeros(4), 1.0, steps=300, step_size=0.01)
+    peak = 0.5 * c @ a @ c
+    # Steps of length η end within η of the peak: max_loss >= -½ λ_max η².
+    assert float(res.max_loss) >= -0.5 * 3.0 * 0.01**2
+    assert float(res.sharpness) == pytest.approx(peak, abs=0.5 * 3.0 * 0.01**2)
+    np.testing.assert_allclose(flat(res.epsilon), c, atol=0.02)
+    assert np.linalg.norm(flat(res.epsilon)) < 0.6  # inside, not on the sphere
+
+
 def test_max_loss_in_ball_over_batches_matches_full_data():
     rho = 0.5
     full = sh.max_loss_in_ball(full_loss, MLP_PARAMS, rho, steps=10)
@@ -290,42 +327,46 @@ def test_max_loss_in_ball_over_batches_matches_full_data():
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "name"),
+    ("kwargs", "message"),
     [
-        ({"k": 0}, "k"),
-        ({"k": N_QUAD + 1}, "k"),
-        ({"k": 2.0}, "k"),
-        ({"k": 3, "num_iters": 2}, "num_iters"),
-        ({"method": "arnoldi"}, "method"),
-        ({"tol": -1.0, "method": "power"}, "tol"),
+        ({"k": 0}, f"k must be an integer in [1, {N_QUAD}], got 0"),
+        ({"k": N_QUAD + 1}, f"k must be an integer in [1, {N_QUAD}], got {N_QUAD + 1}"),
+        ({"k": 2.0}, f"k must be an integer in [1, {N_QUAD}], got 2.0"),
+        ({"k": 3, "num_iters": 2}, "num_iters must be an integer >= 3, got 2"),
+        ({"method": "arnoldi"}, "method must be one of 'lanczos', 'power', got 'arnoldi'"),
+        ({"tol": -1.0, "method": "power"}, "tol must be a finite float >= 0, got -1.0"),
     ],
 )
-def test_eigenvalue_arguments_are_validated(kwargs, name):
-    with pytest.raises(ValueError, match=name):
+def test_eigenvalue_arguments_are_validated(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message) + "$"):
         sh.hessian_eigenvalues(quad_loss, QUAD_PARAMS, key=KEY, **kwargs)
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "name"), [({"num_samples": 1}, "num_samples"), ({"chunk": 0}, "chunk")]
+    ("kwargs", "message"),
+    [
+        ({"num_samples": 1}, "num_samples must be an integer >= 2, got 1"),
+        ({"chunk": 0}, "chunk must be an integer >= 1, got 0"),
+    ],
 )
-def test_trace_arguments_are_validated(kwargs, name):
-    with pytest.raises(ValueError, match=name):
+def test_trace_arguments_are_validated(kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message) + "$"):
         sh.hessian_trace(quad_loss, QUAD_PARAMS, key=KEY, **kwargs)
 
 
 @pytest.mark.parametrize(
-    ("args", "kwargs", "name"),
+    ("args", "kwargs", "message"),
     [
-        ((0.0,), {}, "rho"),
-        ((-0.1,), {}, "rho"),
-        ((float("nan"),), {}, "rho"),
-        ((None,), {}, "rho"),
-        ((0.1,), {"steps": 0}, "steps"),
-        ((0.1,), {"step_size": -1.0}, "step_size"),
+        ((0.0,), {}, "rho must be a finite float > 0, got 0.0"),
+        ((-0.1,), {}, "rho must be a finite float > 0, got -0.1"),
+        ((float("nan"),), {}, "rho must be a finite float > 0, got nan"),
+        ((None,), {}, "rho must be a finite float > 0, got None"),
+        ((0.1,), {"steps": 0}, "steps must be an integer >= 1, got 0"),
+        ((0.1,), {"step_size": -1.0}, "step_size must be a finite float > 0, got -1.0"),
     ],
 )
-def test_ball_arguments_are_validated(args, kwargs, name):
-    with pytest.raises(ValueError, match=name):
+def test_ball_arguments_are_validated(args, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message) + "$"):
         sh.max_loss_in_ball(quad_loss, QUAD_PARAMS, *args, **kwargs)
 
 

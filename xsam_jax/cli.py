@@ -110,7 +110,8 @@ def _configure_devices(devices: int) -> None:
         except RuntimeError:
             pass  # the backend is already up (e.g. called from Python): use what exists
     if jax.device_count() < devices:
-        raise ValueError(f"devices: {devices} requested, {jax.device_count()} available")
+        raise ValueError(f"--devices must be at most the {jax.device_count()} devices available, "
+                         f"got {devices}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
             dataclasses.replace(config, optimizer=name).validate()
         _configure_devices(config.devices)
         _configure_jit_cache(args.jit_cache, not args.no_jit_cache)
-        from xsam_jax import experiment
+        from xsam_jax import experiment, plotting
 
         multiple = len(optimizers) * len(seeds) > 1
         results: dict[str, list[dict]] = {}
@@ -154,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.out:
             out = pathlib.Path(args.out)
             (out / "summary.json").write_text(json.dumps({"summary": summary}, indent=2))
-            experiment.plot_curves({n: r[0]["history"] for n, r in results.items()},
-                                   out / "compare.png")
+            plotting.plot_training_curves({n: r[0]["history"] for n, r in results.items()},
+                                          path=out / "compare.png")
     return 0
 
 

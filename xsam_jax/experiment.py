@@ -21,7 +21,8 @@ import optax
 from flax import nnx
 
 import xsam_jax as xs
-from xsam_jax import data, models, training
+from xsam_jax import data, models, plotting, training
+from xsam_jax._src.validation import InvalidArgumentError, check_choice, check_int, check_range
 
 OPTIMIZERS = ("sgd", "sam", "asam", "xsam", "gsam", "wsam", "late-sam")
 DEFAULT_RHO = {"sam": 0.05, "asam": 0.5, "xsam": 0.15, "gsam": 0.05, "wsam": 0.05,
@@ -29,6 +30,11 @@ DEFAULT_RHO = {"sam": 0.05, "asam": 0.5, "xsam": 0.15, "gsam": 0.05, "wsam": 0.0
 DEFAULT_MODEL = {"mnist1d": "cnn1d", "digits": "mlp", "cifar10": "resnet18",
                  "cifar100": "resnet18", "svhn": "resnet18", "fashion_mnist": "resnet18"}
 EVAL_BATCH = 1000
+
+
+def _flag(field: str) -> str:
+    """The `xsam-train` flag of a `TrainConfig` field: batch_size -> --batch-size."""
+    return "--" + field.replace("_", "-")
 
 
 @dataclasses.dataclass
@@ -63,45 +69,68 @@ class TrainConfig:
     download: bool = False
 
     def validate(self) -> None:
-        """ValueError naming the first bad field and its allowed values."""
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}; "
-                             f"got {self.optimizer!r}")
-        if self.dataset not in data.available():
-            raise ValueError(f"dataset must be one of {', '.join(data.available())}; "
-                             f"got {self.dataset!r}")
-        if self.model is not None and self.model not in models.available():
-            raise ValueError(f"model must be one of {', '.join(models.available())}; "
-                             f"got {self.model!r}")
+        """InvalidArgumentError (a ValueError) naming the flag of the first bad field.
+
+        The messages name `xsam-train`'s flags (`--batch-size must be ...`): the fields are its
+        flags, with dashes for underscores.
+        """
+        check_choice("--optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("--dataset", self.dataset, data.available())
+        if self.model is not None:
+            check_choice("--model", self.model, models.available())
         for name in ("epochs", "batch_size", "ascent_steps", "devices"):
-            value = getattr(self, name)
-            if value < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.search_every is not None and self.search_every < 1:
-            raise ValueError(f"search-every must be >= 1, got {self.search_every}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("weight-decay must be >= 0 and momentum in [0, 1)")
-        if not 0 <= self.late_phase_start <= 1:
-            raise ValueError(f"late-phase-start must be in [0, 1], got {self.late_phase_start}")
+            check_int(_flag(name), getattr(self, name), low=1)
+        if self.search_every is not None:
+            check_int("--search-every", self.search_every, low=1)
+        check_range("--lr", self.lr, low=0.0, low_open=True)
+        check_range("--momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        check_range("--weight-decay", self.weight_decay, low=0.0)
+        for name in ("rho", "rho_max"):
+            if getattr(self, name) is not None:
+                check_range(_flag(name), getattr(self, name), low=0.0)
+        check_range("--gsam-alpha", self.gsam_alpha, low=0.0)
+        check_range("--wsam-gamma", self.wsam_gamma, low=0.0, high=1.0, high_open=True)
+        check_range("--late-phase-start", self.late_phase_start, low=0.0, high=1.0)
+        check_int("--seed", self.seed, low=0)
         if self.batch_size % self.devices:
-            raise ValueError(f"batch-size ({self.batch_size}) must be divisible by devices "
-                             f"({self.devices})")
+            raise InvalidArgumentError(
+                "--batch-size", f"divisible by --devices ({self.devices})", self.batch_size)
         if self.m_sharpness is not None:
-            if self.optimizer == "sgd":
-                raise ValueError("m-sharpness needs a sharpness-aware optimizer, not sgd")
-            per_device = self.batch_size // self.devices
-            if self.devices > 1 and self.m_sharpness != per_device:
-                raise ValueError(f"with devices > 1, m-sharpness is per device: it must equal "
-                                 f"batch-size / devices = {per_device}, got {self.m_sharpness}")
-            if self.m_sharpness < 1 or self.batch_size % self.m_sharpness:
-                raise ValueError(f"m-sharpness must divide batch-size ({self.batch_size}), "
-                                 f"got {self.m_sharpness}")
+            self._validate_m_sharpness()
+
+    def _validate_m_sharpness(self) -> None:
+        check_int("--m-sharpness", self.m_sharpness, low=1)
+        if self.optimizer == "sgd":
+            raise InvalidArgumentError(
+                "--m-sharpness", "unset with --optimizer sgd (it needs a sharpness-aware "
+                "optimizer)", self.m_sharpness)
+        per_device = self.batch_size // self.devices
+        if self.devices > 1 and self.m_sharpness != per_device:
+            raise InvalidArgumentError(
+                "--m-sharpness", f"--batch-size / --devices = {per_device} with --devices > 1 "
+                "(it is per device)", self.m_sharpness)
+        if self.batch_size % self.m_sharpness:
+            raise InvalidArgumentError(
+                "--m-sharpness", f"a divisor of --batch-size ({self.batch_size})",
+                self.m_sharpness)
 
     @property
     def model_name(self) -> str:
         return self.model or DEFAULT_MODEL[self.dataset]
+
+
+def resolved_radii(config: TrainConfig) -> tuple[float | None, float | None]:
+    """The ascent radius ρ and XSAM's probe radius ρ_max a run uses, None where it has none.
+
+    ρ is the flag or the method's default (`DEFAULT_RHO`); ρ_max is the flag or 2ρ (the XSAM
+    authors' 0.15 / 0.3) for XSAM and None for the other methods; SGD has neither.
+    """
+    if config.optimizer == "sgd":
+        return None, None
+    rho = DEFAULT_RHO[config.optimizer] if config.rho is None else config.rho
+    if config.optimizer != "xsam":
+        return rho, None
+    return rho, 2 * rho if config.rho_max is None else config.rho_max
 
 
 def rho_schedule(config: TrainConfig, steps_per_epoch: int) -> float | optax.Schedule:
@@ -110,9 +139,9 @@ def rho_schedule(config: TrainConfig, steps_per_epoch: int) -> float | optax.Sch
     late-sam trains with SGD until step ⌊late_phase_start · epochs · steps_per_epoch⌋ and with
     SAM from that step on; "sgd" has ρ = 0.
     """
-    if config.optimizer == "sgd":
+    rho, _ = resolved_radii(config)
+    if rho is None:
         return 0.0
-    rho = DEFAULT_RHO[config.optimizer] if config.rho is None else config.rho
     if config.optimizer == "late-sam":
         total = config.epochs * steps_per_epoch
         return xs.late_phase(rho, int(config.late_phase_start * total))
@@ -132,11 +161,12 @@ def make_optimizer(
     if name == "sgd":
         return optax.chain(*base)
     rho = rho_schedule(config, steps_per_epoch)
+    _, rho_max = resolved_radii(config)
     shared = {"ascent_steps": config.ascent_steps, "axis_name": axis_name,
               "local_perturbation": local_perturbation}
     if name == "xsam":
-        method = xs.xsam(rho, 2 * rho if config.rho_max is None else config.rho_max,
-                         search_every=config.search_every or steps_per_epoch, **shared)
+        method = xs.xsam(rho, rho_max, search_every=config.search_every or steps_per_epoch,
+                         **shared)
     elif name in ("sam", "late-sam"):
         method = xs.sam(rho, **shared)
     elif name == "asam":
@@ -158,7 +188,7 @@ def current_alpha(opt_state: Any) -> float | None:
 def _model_kwargs(name: str, input_shape: tuple[int, ...]) -> dict[str, int]:
     if name == "mlp":
         return {"in_features": int(np.prod(input_shape))}
-    if name in ("cnn1d", "transformer"):
+    if name in ("cnn1d", "cnn1d_wide", "transformer"):
         # Sequence models read (L,) or (L, C); images (H, W, C) become H*W tokens of C values.
         channels = int(input_shape[-1]) if len(input_shape) > 1 else 1
         return {"input_length": int(np.prod(input_shape)) // channels, "in_channels": channels}
@@ -175,9 +205,15 @@ class _Run:
                                  download=config.download)
         self.steps_per_epoch = len(self.dataset.y_train) // config.batch_size
         if self.steps_per_epoch < 1:
-            raise ValueError(f"batch-size ({config.batch_size}) exceeds the training set "
-                             f"({len(self.dataset.y_train)} examples)")
+            raise InvalidArgumentError("--batch-size", f"at most the {len(self.dataset.y_train)} "
+                                       "training examples", config.batch_size)
         name = config.model_name
+        shape = self.dataset.input_shape
+        if name not in models.available(shape):
+            fits = ", ".join(models.available(shape))
+            raise InvalidArgumentError(
+                "--model", f"one of {fits} for {config.dataset}, whose examples have shape "
+                f"{shape}", name)
         model = models.create(name, self.dataset.num_classes, rngs=nnx.Rngs(config.seed),
                               **_model_kwargs(name, self.dataset.input_shape))
         images = len(self.dataset.input_shape) == 3
@@ -271,13 +307,17 @@ def run(config: TrainConfig, *, out: str | pathlib.Path | None = None, resume: b
     checkpointer = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        checkpointer = training.Checkpointer(out / "checkpoint", max_to_keep=1)
+        # Two, so that a damaged latest checkpoint costs one epoch, not the run.
+        checkpointer = training.Checkpointer(out / "checkpoint", max_to_keep=2)
         if resume and checkpointer.latest_step() is not None:
-            saved = checkpointer.metadata()
-            if saved.get("config") != dataclasses.asdict(config):
-                raise ValueError(f"--resume: the checkpoint in {out} was written with a different "
-                                 "config; use the same flags or another --out")
-            built.state = checkpointer.restore(built.state)
+
+            def same_config(saved: dict[str, Any]) -> training.TrainState:
+                if saved.get("config") != dataclasses.asdict(config):
+                    raise ValueError(f"--resume: the checkpoint in {out} was written with a "
+                                     "different config; use the same flags or another --out")
+                return built.state
+
+            built.state, _, saved = checkpointer.restore_latest_readable(same_config)
             history = saved.get("history", [])
         elif resume:
             raise ValueError(f"--resume: no checkpoint in {out / 'checkpoint'}")
@@ -324,14 +364,15 @@ def run(config: TrainConfig, *, out: str | pathlib.Path | None = None, resume: b
         checkpointer.wait_until_finished()
         checkpointer.close()
         (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        plot_curves({config.optimizer: history}, out / "curves.png")
+        plotting.plot_training_curves({config.optimizer: history}, path=out / "curves.png")
     return result
 
 
 def load_run(out: str | pathlib.Path) -> tuple[TrainConfig, _Run]:
     """What `run(config, out=out)` saved: its config and the run rebuilt with the final state.
 
-    The config is the one stored with the latest checkpoint in `out/checkpoint`; the data,
+    The config is the one stored with the latest readable checkpoint in `out/checkpoint` (a
+    damaged latest one costs a line on stderr and the previous one is restored); the data,
     model and optimizer are rebuilt from it on one device (the saved arrays do not depend on
     the device count) and every array of the state is restored.
 
@@ -344,6 +385,7 @@ def load_run(out: str | pathlib.Path) -> tuple[TrainConfig, _Run]:
 
     Raises:
       FileNotFoundError: `out` or its checkpoint is missing.
+      CheckpointUnreadableError: no checkpoint can be read (a ValueError).
       ValueError: the saved config is not one this version can rebuild.
     """
     directory = pathlib.Path(out) / "checkpoint"
@@ -351,47 +393,25 @@ def load_run(out: str | pathlib.Path) -> tuple[TrainConfig, _Run]:
         raise FileNotFoundError(f"{out}: no such directory")
     if not directory.is_dir():
         raise FileNotFoundError(f"{out} has no checkpoint/ (written by xsam-train --out DIR)")
+    config, built = None, None
+
+    def rebuilt(saved: dict[str, Any]) -> training.TrainState:
+        nonlocal config, built
+        if built is None:  # every checkpoint of a run holds the same config
+            try:
+                config = TrainConfig(**saved.get("config"))
+            except TypeError as err:
+                raise ValueError(f"{directory}: the saved config is not a TrainConfig of this "
+                                 f"version ({err})") from None
+            built = _Run(dataclasses.replace(config, devices=1))
+        return built.state
+
     with training.Checkpointer(directory, max_to_keep=None) as checkpointer:
         if checkpointer.latest_step() is None:
             raise FileNotFoundError(f"{directory} holds no checkpoint")
-        saved = checkpointer.metadata().get("config")
-        try:
-            config = TrainConfig(**saved)
-        except TypeError as err:
-            raise ValueError(f"{directory}: the saved config is not a TrainConfig of this "
-                             f"version ({err})") from None
-        built = _Run(dataclasses.replace(config, devices=1))
-        built.state = checkpointer.restore(built.state)
+        state = checkpointer.restore_latest_readable(rebuilt).state
+    built.state = state
     return config, built
-
-
-def plot_curves(histories: dict[str, list[dict[str, Any]]], path: str | pathlib.Path) -> None:
-    """Loss, accuracy (train dashed, test solid) and α* per epoch for one or more runs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with_alpha = any(h and h[0]["alpha"] is not None for h in histories.values())
-    fig, axes = plt.subplots(1, 3 if with_alpha else 2, figsize=(13 if with_alpha else 9, 3.6))
-    for i, (label, history) in enumerate(histories.items()):
-        color = f"C{i}"
-        epochs = [h["epoch"] for h in history]
-        for ax, key in zip(axes[:2], ("loss", "accuracy"), strict=True):
-            ax.plot(epochs, [h[f"train_{key}"] for h in history], "--", color=color, alpha=0.7)
-            ax.plot(epochs, [h[f"test_{key}"] for h in history], "-", color=color, label=label)
-        if with_alpha and history and history[0]["alpha"] is not None:
-            axes[2].plot(epochs, [h["alpha"] for h in history], "-o", ms=3, color=color,
-                         label=label)
-    titles = ["loss (train dashed, test solid)", "accuracy", "XSAM α*"]
-    for ax, title in zip(axes, titles, strict=False):
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    axes[1].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float]]:
@@ -408,4 +428,4 @@ def summarise(results: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, f
 
 
 __all__ = ["OPTIMIZERS", "TrainConfig", "current_alpha", "load_run", "make_optimizer",
-           "plot_curves", "rho_schedule", "run", "summarise"]
+           "resolved_radii", "rho_schedule", "run", "summarise"]

@@ -34,7 +34,6 @@ References:
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
@@ -46,6 +45,7 @@ from jax.flatten_util import ravel_pytree
 
 from xsam_jax._src import tree_math
 from xsam_jax._src.slerp import alpha_grid, slerp_coefficients
+from xsam_jax._src.validation import check_choice, check_grid, check_int, check_range
 
 PyTree = Any
 
@@ -104,34 +104,6 @@ class Interpolation(NamedTuple):
     lambdas: jax.Array
     values: PyTree
     second_differences: PyTree
-
-
-def _check_int(name: str, value: Any, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
-
-
-def _check_nonnegative(name: str, value: Any) -> None:
-    if isinstance(value, jax.core.Tracer):
-        return  # traced under an outer jit: checked where it was a number
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = math.nan
-    if not math.isfinite(v) or v < 0:
-        raise ValueError(f"{name} must be a finite float >= 0, got {value!r}.")
-
-
-def _check_chunk(chunk: int | None) -> None:
-    if chunk is not None:
-        _check_int("chunk", chunk, 1)
-
-
-def _check_grid(name: str, values: Any) -> np.ndarray:
-    grid = np.asarray(values, np.float32)
-    if grid.ndim != 1 or grid.size == 0 or not np.isfinite(grid).all():
-        raise ValueError(f"{name} must be a non-empty 1-D array of finite floats, got {values!r}.")
-    return grid
 
 
 def _map(fn: Callable, xs: jax.Array, chunk: int | None) -> Any:
@@ -223,14 +195,13 @@ def proposition1(
     Returns:
       `Proposition1Result`.
     """
-    radii = _check_grid("radii", radii)
-    if (radii < 0).any():
-        raise ValueError(f"radii must all be >= 0, got {radii!r}.")
-    _check_nonnegative("rho", rho)
-    _check_int("ascent_steps", ascent_steps, 1)
-    _check_chunk(chunk)
-    _check_nonnegative("eps", eps)
-    extra = np.zeros(0, np.float32) if alphas is None else _check_grid("alphas", alphas)
+    radii = check_grid("radii", radii, low=0.0).astype(np.float32)
+    check_range("rho", rho, low=0.0)
+    check_int("ascent_steps", ascent_steps, low=1)
+    check_int("chunk", chunk, low=1, optional=True)
+    check_range("eps", eps, low=0.0)
+    extra = np.zeros(0) if alphas is None else check_grid("alphas", alphas)
+    extra = extra.astype(np.float32)
     loss, losses, cos_psi = _proposition1(
         loss_fn,
         params,
@@ -302,16 +273,16 @@ def alpha_curve(
     Returns:
       `AlphaCurve` (alphas, losses, α*, cos ψ, L(θ)).
     """
-    alphas = alpha_grid(2.0, 0.1) if alphas is None else _check_grid("alphas", alphas)
-    _check_nonnegative("rho", rho)
-    _check_nonnegative("rho_max", rho_max)
-    _check_int("ascent_steps", ascent_steps, 1)
-    _check_chunk(chunk)
-    _check_nonnegative("eps", eps)
+    alphas = alpha_grid(2.0, 0.1) if alphas is None else check_grid("alphas", alphas)
+    check_range("rho", rho, low=0.0)
+    check_range("rho_max", rho_max, low=0.0)
+    check_int("ascent_steps", ascent_steps, low=1)
+    check_int("chunk", chunk, low=1, optional=True)
+    check_range("eps", eps, low=0.0)
     return _alpha_curve(
         loss_fn,
         params,
-        jnp.asarray(alphas),
+        jnp.asarray(alphas, jnp.float32),
         jnp.asarray(rho, jnp.float32),
         jnp.asarray(rho_max, jnp.float32),
         jnp.asarray(eps, jnp.float32),
@@ -373,15 +344,15 @@ def interpolate(
     Returns:
       `Interpolation` (lambdas, values, second differences).
     """
-    _check_int("num", num, 3)
-    _check_chunk(chunk)
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ValueError(f"lo and hi must be finite floats with lo < hi, got {lo!r}, {hi!r}.")
+    check_int("num", num, low=3)
+    check_int("chunk", chunk, low=1, optional=True)
+    check_range("lo", lo)
+    check_range("hi", hi, low=lo, low_open=True)
     if jax.tree.structure(params_a) != jax.tree.structure(params_b) or any(
         jnp.shape(a) != jnp.shape(b)
         for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True)
     ):
-        raise ValueError("params_a and params_b must have the same pytree structure and shapes.")
+        raise ValueError("params_b must have the pytree structure and leaf shapes of params_a")
     h = (hi - lo) / (num - 1)
     lambdas = lo + h * np.arange(num, dtype=np.float64)
     # Snap points that are integers up to rounding (-0.2 + 4 * 0.05 is -2.8e-17), so that
@@ -453,15 +424,14 @@ def filter_normalized_direction(
     Returns:
       The direction, a pytree like params (params' dtypes).
     """
-    if vectors not in _VECTOR_MODES:
-        raise ValueError(f"vectors must be one of {_VECTOR_MODES}, got {vectors!r}.")
-    _check_nonnegative("eps", eps)
-    for leaf in jax.tree.leaves(params):
-        if jnp.ndim(leaf) >= 2 and not -jnp.ndim(leaf) <= filter_axis < jnp.ndim(leaf):
-            raise ValueError(
-                f"filter_axis must satisfy -ndim <= filter_axis < ndim for every leaf with >= 2 "
-                f"dimensions, got {filter_axis} for a leaf of shape {jnp.shape(leaf)}."
-            )
+    check_choice("vectors", vectors, _VECTOR_MODES)
+    check_range("eps", eps, low=0.0)
+    # The axis must exist in every leaf that has filters (>= 2 dimensions).
+    ndim = min(
+        (jnp.ndim(leaf) for leaf in jax.tree.leaves(params) if jnp.ndim(leaf) >= 2), default=None
+    )
+    if ndim is not None:
+        check_int("filter_axis", filter_axis, low=-ndim, high=ndim - 1)
     return _filter_normalized(key, params, vectors=vectors, filter_axis=filter_axis, eps=eps)
 
 
@@ -493,9 +463,9 @@ def loss_surface_1d(
     Returns:
       ``fn``'s output with a leading axis of len(coordinates).
     """
-    ts = _check_grid("coordinates", coordinates)
-    _check_chunk(chunk)
-    return _surface(fn, params, (direction,), jnp.asarray(ts)[:, None], chunk=chunk)
+    ts = check_grid("coordinates", coordinates)
+    check_int("chunk", chunk, low=1, optional=True)
+    return _surface(fn, params, (direction,), jnp.asarray(ts, jnp.float32)[:, None], chunk=chunk)
 
 
 def loss_surface_2d(
@@ -524,10 +494,10 @@ def loss_surface_2d(
     Returns:
       ``fn``'s output with leading axes (X, Y): entry [i, j] is at (x[i], y[j]).
     """
-    xs, ys = _check_grid("x", x), _check_grid("y", y)
-    _check_chunk(chunk)
+    xs, ys = check_grid("x", x).astype(np.float32), check_grid("y", y).astype(np.float32)
+    check_int("chunk", chunk, low=1, optional=True)
     if len(directions) != 2:
-        raise ValueError(f"directions must be a pair (d_1, d_2), got {len(directions)} items.")
+        raise ValueError(f"directions must be a pair (d_1, d_2), got {len(directions)} items")
     grid = np.stack(np.meshgrid(xs, ys, indexing="ij"), axis=-1).reshape(-1, 2)
     values = _surface(fn, params, tuple(directions), jnp.asarray(grid), chunk=chunk)
     return jax.tree.map(lambda v: v.reshape(xs.size, ys.size, *v.shape[1:]), values)

@@ -20,10 +20,12 @@ References:
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from xsam_jax._src.validation import InvalidArgumentError, check_grid, check_int
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -53,17 +55,23 @@ def _finish(fig: Figure, title: str | None, path: str | os.PathLike | None) -> F
     return fig
 
 
+def _epoch_axis(ax) -> None:
+    """Label the x axis "epoch", with whole-number ticks only."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
 def _vector(name: str, values: ArrayLike) -> np.ndarray:
-    array = np.asarray(values, np.float64)
-    if array.ndim != 1 or array.size == 0:
-        raise ValueError(f"{name} must be a non-empty 1-D array, got shape {array.shape}.")
-    return array
+    # Non-finite values are allowed: they leave gaps in the curves.
+    return check_grid(name, values, finite=False)
 
 
 def _same_length(name: str, values: ArrayLike, reference: np.ndarray) -> np.ndarray:
     array = _vector(name, values)
     if array.size != reference.size:
-        raise ValueError(f"{name} must have length {reference.size}, got {array.size}.")
+        raise InvalidArgumentError(name, f"of length {reference.size}", values)
     return array
 
 
@@ -170,7 +178,7 @@ def plot_interpolation(
     """
     lambdas = _vector("lambdas", lambdas)
     if not metrics:
-        raise ValueError("metrics must hold at least one named curve, got none.")
+        raise ValueError("metrics must hold at least one named curve, got none")
     fig, (ax,) = _figure()
     accuracy_axis = None
     handles = []
@@ -222,11 +230,10 @@ def plot_surface_2d(
         raise ValueError(
             f"values must have shape (len(x), len(y)) = {(xs.size, ys.size)}, got {z.shape}."
         )
-    if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-        raise ValueError(f"levels must be an integer >= 2, got {levels!r}.")
+    check_int("levels", levels, low=2)
     if log:
         if not (z[np.isfinite(z)] > 0).all():
-            raise ValueError("values must all be > 0 with log=True.")
+            raise ValueError("values must all be > 0 with log=True")
         z = np.log10(z)
     fig, (ax,) = _figure(width=4.6, height=4.0)
     contour = ax.contourf(xs, ys, z.T, levels=levels, cmap="viridis")
@@ -279,4 +286,75 @@ def plot_eigenvalues(
     ax.set_xlabel("epoch")
     ax.set_ylabel("Hessian eigenvalue")
     ax.legend()
+    return _finish(fig, title, path)
+
+
+def plot_alpha_per_epoch(
+    epochs: ArrayLike,
+    alphas: ArrayLike,
+    *,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """The α* XSAM selected at the end of each epoch, with SAM's α = 1 for reference.
+
+    Args:
+      epochs: the epochs, 1-D.
+      alphas: α* after each epoch, same length (e.g. the "alpha" entries of a run's history).
+      title: optional figure title.
+      path: optional output file (.png, .svg, .pdf).
+
+    Returns:
+      The figure.
+    """
+    epochs = _vector("epochs", epochs)
+    alphas = _same_length("alphas", alphas, epochs)
+    fig, (ax,) = _figure()
+    ax.plot(epochs, alphas, marker="o", markersize=3, label=r"$\alpha^*$")
+    ax.axhline(1.0, color="0.6", linestyle=":", label=r"SAM ($\alpha = 1$)")
+    _epoch_axis(ax)
+    ax.set_ylabel(r"XSAM $\alpha^*$")
+    ax.legend()
+    return _finish(fig, title, path)
+
+
+def plot_training_curves(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    *,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Loss and accuracy per epoch (train dashed, test solid) and XSAM's α*, for some runs.
+
+    One color per run. The α* panel appears when some run recorded α* (XSAM runs do).
+
+    Args:
+      histories: run label -> its per-epoch history, the entries `xsam_jax.experiment.run`
+        returns: dicts with "epoch", "train_loss", "test_loss", "train_accuracy",
+        "test_accuracy" and "alpha" (None for methods without α*).
+      title: optional figure title.
+      path: optional output file (.png, .svg, .pdf).
+
+    Returns:
+      The figure.
+    """
+    if not histories:
+        raise ValueError("histories must hold at least one run, got none")
+    with_alpha = any(h and h[0]["alpha"] is not None for h in histories.values())
+    fig, axes = _figure(ncols=3 if with_alpha else 2, width=4.4)
+    for i, (label, history) in enumerate(histories.items()):
+        color = f"C{i}"
+        epochs = [h["epoch"] for h in history]
+        for ax, key in zip(axes[:2], ("loss", "accuracy"), strict=True):
+            ax.plot(epochs, [h[f"train_{key}"] for h in history], "--", color=color, alpha=0.7)
+            ax.plot(epochs, [h[f"test_{key}"] for h in history], "-", color=color, label=label)
+        if with_alpha and history and history[0]["alpha"] is not None:
+            alphas = [h["alpha"] for h in history]
+            axes[2].plot(epochs, alphas, "-o", markersize=3, color=color, label=label)
+    panel_titles = ("loss (train dashed, test solid)", "accuracy", r"XSAM $\alpha^*$")
+    for ax, panel_title in zip(axes, panel_titles, strict=False):
+        ax.set_title(panel_title)
+        _epoch_axis(ax)
+        ax.grid(alpha=0.3)
+    axes[1].legend()
     return _finish(fig, title, path)

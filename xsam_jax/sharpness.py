@@ -60,6 +60,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from xsam_jax._src import tree_math
+from xsam_jax._src.validation import check_choice, check_int, check_range
 
 PyTree = Any
 
@@ -109,28 +110,6 @@ class BallSharpness(NamedTuple):
     max_loss: jax.Array
 
 
-# --------------------------------------------------------------------------- argument checks
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        bound = f"{low} <= {name}" + ("" if high is None else f" <= {high}")
-        raise ValueError(f"{name} must be an integer with {bound}, got {value!r}.")
-
-
-def _check_positive(name: str, value: Any, *, allow_zero: bool = False) -> None:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        v = math.nan
-    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
-        rel = ">=" if allow_zero else ">"
-        raise ValueError(f"{name} must be a finite float {rel} 0, got {value!r}.")
-
-
 # --------------------------------------------------------------------------- batches
 
 
@@ -146,7 +125,7 @@ def stack_batches(batches: Iterable[PyTree]) -> PyTree:
     """
     batches = list(batches)
     if not batches:
-        raise ValueError("batches must hold at least 1 batch, got an empty iterable.")
+        raise ValueError("batches must hold at least 1 batch, got an empty iterable")
     structure = jax.tree.structure(batches[0])
     shapes = [jnp.shape(x) for x in jax.tree.leaves(batches[0])]
     for i, batch in enumerate(batches[1:], start=1):
@@ -157,7 +136,7 @@ def stack_batches(batches: Iterable[PyTree]) -> PyTree:
             raise ValueError(
                 "batches must all have the structure and leaf shapes of batch 0 (equal-sized "
                 f"batches, so that the mean of batch means is the dataset mean); batch {i} "
-                "differs."
+                "differs"
             )
     return jax.tree.map(lambda *xs: jnp.stack(xs), *batches)
 
@@ -167,7 +146,7 @@ def _num_batches(batches: PyTree) -> int:
     if len(sizes) != 1 or 0 in sizes:
         raise ValueError(
             "batches must be a pytree whose leaves all share a leading axis of size >= 1 "
-            f"(the batch index; see stack_batches), got leading sizes {sorted(sizes)}."
+            f"(the batch index; see stack_batches), got leading sizes {sorted(sizes)}"
         )
     return sizes.pop()
 
@@ -448,14 +427,13 @@ def hessian_eigenvalues(
     Returns:
       The eigenvalues, shape (k,), descending; or `Eigenpairs` with ``return_vectors``.
     """
-    if method not in _METHODS:
-        raise ValueError(f"method must be one of {_METHODS}, got {method!r}.")
+    check_choice("method", method, _METHODS)
     n = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(params))
-    _check_int("k", k, 1, n)
+    check_int("k", k, low=1, high=n)
     if num_iters is None:
         num_iters = max(20, 2 * k + 10) if method == "lanczos" else 100
-    _check_int("num_iters", num_iters, k)
-    _check_positive("tol", tol, allow_zero=True)
+    check_int("num_iters", num_iters, low=k)
+    check_range("tol", tol, low=0.0)
     if method == "lanczos":
         values, vectors = _lanczos(loss_fn, params, batches, key, k, min(num_iters, n))
     else:
@@ -504,8 +482,8 @@ def hessian_trace(
     Returns:
       `TraceEstimate` (mean, standard error, per-probe samples).
     """
-    _check_int("num_samples", num_samples, 2)
-    _check_int("chunk", chunk, 1)
+    check_int("num_samples", num_samples, low=2)
+    check_int("chunk", chunk, low=1)
     chunk = min(chunk, num_samples)
     flat = ravel_pytree(params)[0]
     dtype = jnp.promote_types(flat.dtype, jnp.float32)
@@ -583,11 +561,11 @@ def max_loss_in_ball(
     Returns:
       `BallSharpness` (sharpness, ε, L(θ), L(θ + ε)).
     """
-    _check_positive("rho", rho)
-    _check_int("steps", steps, 1)
+    check_range("rho", rho, low=0.0, low_open=True)
+    check_int("steps", steps, low=1)
     step_size = rho if step_size is None else step_size
-    _check_positive("step_size", step_size)
-    _check_positive("eps", eps, allow_zero=True)
+    check_range("step_size", step_size, low=0.0, low_open=True)
+    check_range("eps", eps, low=0.0)
     rho, step_size, eps = (jnp.asarray(x, jnp.float32) for x in (rho, step_size, eps))
     zero = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), params)
 

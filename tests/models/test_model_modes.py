@@ -11,7 +11,7 @@ import optax
 import pytest
 from flax import nnx
 
-from xsam_jax import models
+from xsam_jax import experiment, models
 from xsam_jax.models.densenet import DenseNet
 from xsam_jax.models.resnet import BasicBlock, Bottleneck, ResNet
 from xsam_jax.models.vgg import _MLPHead
@@ -173,6 +173,30 @@ def test_registry_lists_and_builds_every_name():
             "transformer",
         ]
     )
+
+
+def test_available_for_a_shape_lists_the_models_that_read_it():
+    signals = ["cnn1d", "cnn1d_wide", "mlp", "transformer"]
+    assert models.available((40,)) == models.available((40, 2)) == signals
+    assert models.available((8, 8, 3)) == models.available()
+
+
+def test_exactly_the_models_listed_for_signals_read_them():
+    """The rule, tried out on MNIST-1D's shape: each model is built as `xsam-train` builds it
+    and traced on a batch (`jax.eval_shape`: shapes only); those not listed must fail."""
+    shape = (40,)
+    x = jnp.zeros((2, *shape))
+    for name in models.available():
+        kwargs = experiment._model_kwargs(name, shape)
+
+        def logits(x, name=name, kwargs=kwargs):
+            return models.create(name, 10, rngs=nnx.Rngs(0), **kwargs)(x)
+
+        try:
+            reads = jax.eval_shape(logits, x).shape == (2, 10)
+        except (TypeError, ValueError):
+            reads = False
+        assert reads == (name in models.available(shape)), name
 
 
 def test_unknown_name_lists_allowed_names():

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from xsam_jax._src.validation import as_schedule, check_radius, static_value
+from xsam_jax._src.validation import as_schedule, check_int, check_radius
 
 
 def late_phase(rho: float | optax.Schedule, start_step: int) -> Callable[[jax.Array], jax.Array]:
@@ -39,11 +39,9 @@ def late_phase(rho: float | optax.Schedule, start_step: int) -> Callable[[jax.Ar
       Training <https://arxiv.org/abs/2410.10373>`_, ICLR 2025.
     """
     check_radius("rho", rho)
-    step = static_value(start_step)
-    if step is None or isinstance(start_step, bool) or step != int(step) or step < 0:
-        raise ValueError(f"start_step must be an integer >= 0, got {start_step!r}.")
+    check_int("start_step", start_step, low=0)
     rho_fn = as_schedule(rho)
-    start = int(step)
+    start = int(start_step)
 
     def schedule(count: jax.Array) -> jax.Array:
         return jnp.where(count >= start, rho_fn(count), jnp.zeros((), jnp.float32))
@@ -80,9 +78,7 @@ def perturbed_steps(rho: float | optax.Schedule, num_steps: int) -> np.ndarray:
       A NumPy bool array of shape ``(num_steps,)``: entry t is True iff ρ(t) > 0.
     """
     check_radius("rho", rho)
-    n = static_value(num_steps)
-    if n is None or isinstance(num_steps, bool) or n != int(n) or n < 0:
-        raise ValueError(f"num_steps must be an integer >= 0, got {num_steps!r}.")
-    counts = jnp.arange(int(n), dtype=jnp.int32)
+    check_int("num_steps", num_steps, low=0)
+    counts = jnp.arange(int(num_steps), dtype=jnp.int32)
     values = jax.jit(jax.vmap(as_schedule(rho)))(counts)
     return np.asarray(values) > 0

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 from flax import nnx
 
+from xsam_jax._src.validation import check_choice, check_int
 from xsam_jax.models.densenet import DenseNet, densenet121
 from xsam_jax.models.resnet import ResNet, resnet18, resnet34, resnet50
 from xsam_jax.models.small import CNN1D, MLP, CNN1DWide
@@ -37,25 +38,47 @@ from xsam_jax.models.transformer import TransformerClassifier
 from xsam_jax.models.vgg import VGG, vgg11, vgg16
 from xsam_jax.models.wide_resnet import WideResNet, wrn16_8, wrn28_10
 
-_REGISTRY: dict[str, Callable[..., nnx.Module]] = {
-    "resnet18": resnet18,
-    "resnet34": resnet34,
-    "resnet50": resnet50,
-    "wrn16_8": wrn16_8,
-    "wrn28_10": wrn28_10,
-    "vgg11": vgg11,
-    "vgg16": vgg16,
-    "densenet121": densenet121,
-    "cnn1d": CNN1D,
-    "cnn1d_wide": CNN1DWide,
-    "mlp": MLP,
-    "transformer": TransformerClassifier,
+
+class _Entry(NamedTuple):
+    build: Callable[..., nnx.Module]
+    # The number of dimensions of one example the model reads: 3 for (H, W, C) images;
+    # sequence models and the MLP also read (L,) and (L, C) signals (an image becomes H*W
+    # tokens of C values, or is flattened).
+    example_ndims: tuple[int, ...]
+
+
+_IMAGES = (3,)
+_ANY = (1, 2, 3)
+
+_REGISTRY: dict[str, _Entry] = {
+    "resnet18": _Entry(resnet18, _IMAGES),
+    "resnet34": _Entry(resnet34, _IMAGES),
+    "resnet50": _Entry(resnet50, _IMAGES),
+    "wrn16_8": _Entry(wrn16_8, _IMAGES),
+    "wrn28_10": _Entry(wrn28_10, _IMAGES),
+    "vgg11": _Entry(vgg11, _IMAGES),
+    "vgg16": _Entry(vgg16, _IMAGES),
+    "densenet121": _Entry(densenet121, _IMAGES),
+    "cnn1d": _Entry(CNN1D, _ANY),
+    "cnn1d_wide": _Entry(CNN1DWide, _ANY),
+    "mlp": _Entry(MLP, _ANY),
+    "transformer": _Entry(TransformerClassifier, _ANY),
 }
 
 
-def available() -> list[str]:
-    """The model names `create` accepts, sorted."""
-    return sorted(_REGISTRY)
+def available(input_shape: tuple[int, ...] | None = None) -> list[str]:
+    """The model names `create` accepts, sorted.
+
+    Args:
+        input_shape: the shape of one example, e.g. `(40,)` for MNIST-1D or `(32, 32, 3)`
+            for CIFAR; given, only the models that read it: every model reads images, only
+            the sequence models and the MLP read 1-D signals.
+
+    Returns:
+        The names.
+    """
+    ndim = None if input_shape is None else len(input_shape)
+    return sorted(n for n, e in _REGISTRY.items() if ndim is None or ndim in e.example_ndims)
 
 
 def create(name: str, num_classes: int, *, rngs: nnx.Rngs, **kwargs: Any) -> nnx.Module:
@@ -77,11 +100,9 @@ def create(name: str, num_classes: int, *, rngs: nnx.Rngs, **kwargs: Any) -> nnx
         ValueError: for an unknown `name` (the message lists the allowed names) or a
             `num_classes` below 1.
     """
-    if name not in _REGISTRY:
-        raise ValueError(f"name must be one of {available()}, got {name!r}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be an integer >= 1, got {num_classes}")
-    return _REGISTRY[name](num_classes, rngs=rngs, **kwargs)
+    check_choice("name", name, available())
+    check_int("num_classes", num_classes, low=1)
+    return _REGISTRY[name].build(num_classes, rngs=rngs, **kwargs)
 
 
 def count_params(model: nnx.Module) -> int:

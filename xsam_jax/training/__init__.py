@@ -29,7 +29,9 @@ from xsam_jax.training.steps import (
 )
 
 __all__ = [
+    "CheckpointUnreadableError",
     "Checkpointer",
+    "Restored",
     "TrainState",
     "apply_model",
     "data_mesh",
@@ -49,8 +51,8 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    if name == "Checkpointer":
-        from xsam_jax.training.checkpoint import Checkpointer
+    if name in ("CheckpointUnreadableError", "Checkpointer", "Restored"):
+        from xsam_jax.training import checkpoint
 
-        return Checkpointer
+        return getattr(checkpoint, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
