@@ -26,7 +26,7 @@ def restore_all(run_dir):
     config = experiment.TrainConfig(**read(run_dir)["config"])
     with training.Checkpointer(run_dir / "checkpoint") as checkpointer:
         steps = sorted(checkpointer._manager.all_steps())
-        return {s: checkpointer.restore(experiment._Run(config).state, step=s) for s in steps}
+        return {s: checkpointer.restore(experiment.train._Run(config).state, step=s) for s in steps}
 
 
 def xsam_state(state):
@@ -37,12 +37,35 @@ def xsam_state(state):
 def test_train_writes_metrics_plot_and_checkpoint(tmp_path):
     assert cli.main([*FAST, "--optimizer", "xsam", "--out", str(tmp_path)]) == 0
     metrics = read(tmp_path)
-    assert set(metrics) == {"config", "history", "final_test_accuracy"}
+    assert set(metrics) == {
+        "config",
+        "history",
+        "final_test_accuracy",
+        "final_train_accuracy",
+        "seconds",
+        "gradient_evaluations",
+        "probe_evaluations",
+    }
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
-    keys = {"epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "alpha",
-            "seconds"}
+    keys = {
+        "epoch",
+        "train_loss",
+        "train_accuracy",
+        "test_loss",
+        "test_accuracy",
+        "alpha",
+        "cos_psi",
+        "rotation_degrees",
+        "alpha_losses",
+        "seconds",
+    }
     assert all(set(h) == keys for h in metrics["history"])
     assert metrics["final_test_accuracy"] == metrics["history"][-1]["test_accuracy"]
+    # Resolved hyperparameters are stored, so a later change of a default changes no old run.
+    config = metrics["config"]
+    assert (config["rho"], config["rho_max"], config["model"]) == (0.15, 0.3, "mlp")
+    # 2 epochs of 11 steps, each a clean and an ascent gradient; one 21-probe search an epoch.
+    assert metrics["gradient_evaluations"] == 2 * 22 and metrics["probe_evaluations"] == 2 * 21
     png = (tmp_path / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -55,14 +78,20 @@ def test_train_writes_metrics_plot_and_checkpoint(tmp_path):
         found = xsam_state(state)
         assert h["alpha"] == float(found.alpha)
         assert float(found.alpha) == pytest.approx(grid[np.argmax(found.alpha_losses)])
+        np.testing.assert_array_equal(h["alpha_losses"], np.asarray(found.alpha_losses))
+        assert h["cos_psi"] == float(found.cos_psi)
+        psi = np.degrees(np.arccos(float(found.cos_psi)))
+        assert h["rotation_degrees"] == pytest.approx(float(found.alpha) * psi, rel=1e-6)
     # The final test accuracy is that of the saved model on the whole test split.
     x, y = data.load("digits", seed=0).arrays("test")
     final = states[22]
     model = nnx.merge(final.graphdef, final.params, final.model_state)
-    logits = nnx.view(model, use_running_average=True, deterministic=True,
-                      raise_if_not_found=False)(x)
-    assert metrics["final_test_accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, -1)
-                                                                         == y)), abs=1e-6)
+    logits = nnx.view(
+        model, use_running_average=True, deterministic=True, raise_if_not_found=False
+    )(x)
+    assert metrics["final_test_accuracy"] == pytest.approx(
+        float(np.mean(np.argmax(logits, -1) == y)), abs=1e-6
+    )
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +121,9 @@ def interrupt_after_two_epochs(flags, out, monkeypatch):
 
 
 @pytest.mark.parametrize("damaged", [False, True])
-def test_interrupted_run_resumes_bit_exactly(three_epochs, tmp_path, monkeypatch, capfd, damage,
-                                             damaged):
+def test_interrupted_run_resumes_bit_exactly(
+    three_epochs, tmp_path, monkeypatch, capfd, damage, damaged
+):
     """Also when the latest checkpoint is damaged: one line, one epoch redone, same result."""
     flags, full = three_epochs
     cut = tmp_path / "cut"
@@ -104,8 +134,9 @@ def test_interrupted_run_resumes_bit_exactly(three_epochs, tmp_path, monkeypatch
     assert cli.main([*flags, "--out", str(cut), "--resume"]) == 0
     err = capfd.readouterr().err
     if damaged:
-        assert err.splitlines() == [f"checkpoint step 22: {first} changed since it was saved; "
-                                    "restoring step 11"]
+        assert err.splitlines() == [
+            f"checkpoint step 22: {first} changed since it was saved; restoring step 11"
+        ]
     else:
         assert err == ""
 
@@ -114,13 +145,15 @@ def test_interrupted_run_resumes_bit_exactly(three_epochs, tmp_path, monkeypatch
 
     assert without_time(read(cut)["history"]) == without_time(read(full)["history"])
     restored = [restore_all(path)[33] for path in (full, cut)]
-    for a, b in zip(jax.tree.leaves(restored[0].params), jax.tree.leaves(restored[1].params),
-                    strict=True):
+    for a, b in zip(
+        jax.tree.leaves(restored[0].params), jax.tree.leaves(restored[1].params), strict=True
+    ):
         np.testing.assert_array_equal(a, b)
 
 
-def test_resume_with_every_checkpoint_damaged_is_one_clear_error(three_epochs, tmp_path,
-                                                                 monkeypatch, capfd, damage):
+def test_resume_with_every_checkpoint_damaged_is_one_clear_error(
+    three_epochs, tmp_path, monkeypatch, capfd, damage
+):
     flags, _ = three_epochs
     cut = tmp_path / "cut"
     interrupt_after_two_epochs(flags, cut, monkeypatch)
@@ -133,13 +166,13 @@ def test_resume_with_every_checkpoint_damaged_is_one_clear_error(three_epochs, t
     out = capfd.readouterr()
     fallback, error = out.err.splitlines()
     assert fallback.startswith("checkpoint step 22: ") and fallback.endswith("restoring step 11")
-    assert error.startswith(f"xsam-train: error: no readable checkpoint in {cut / 'checkpoint'}: "
-                            "checkpoint step 22: ")
+    assert error.startswith(
+        f"xsam-train: error: no readable checkpoint in {cut / 'checkpoint'}: checkpoint step 22: "
+    )
     assert "; checkpoint step 11: " in error and "Traceback" not in out.err + out.out
 
 
-def test_load_run_falls_back_from_a_damaged_final_checkpoint(three_epochs, capfd, damage,
-                                                             tmp_path):
+def test_load_run_falls_back_from_a_damaged_final_checkpoint(three_epochs, capfd, damage, tmp_path):
     _, full = three_epochs
     copy = tmp_path / "run"
     shutil.copytree(full, copy)
@@ -147,48 +180,106 @@ def test_load_run_falls_back_from_a_damaged_final_checkpoint(three_epochs, capfd
     capfd.readouterr()
     config, built = experiment.load_run(copy)
     assert capfd.readouterr().err.endswith("changed since it was saved; restoring step 22\n")
-    assert config == experiment.TrainConfig(**read(full)["config"])
+    assert config == experiment.TrainConfig.from_dict(read(full)["config"])
     want = restore_all(full)[22]
     assert int(built.state.step) == 22
-    for a, b in zip(jax.tree.leaves(built.state.params), jax.tree.leaves(want.params),
-                    strict=True):
+    for a, b in zip(jax.tree.leaves(built.state.params), jax.tree.leaves(want.params), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
-def test_compare_with_seeds_prints_a_table(tmp_path, capsys):
-    assert cli.main([*FAST, "--epochs", "1", "--compare", "sgd,late-sam", "--seeds", "0,1",
-                     "--out", str(tmp_path)]) == 0
+def test_compare_with_seeds_writes_intervals_paired_differences_and_plots(tmp_path, capsys):
+    assert (
+        cli.main(
+            [
+                *FAST,
+                "--epochs",
+                "1",
+                "--compare",
+                "sgd,late-sam,xsam+adaptive",
+                "--seeds",
+                "0-2",
+                "--baseline",
+                "sgd",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    assert "| sgd |" in out and "| late-sam |" in out
-    summary = json.loads((tmp_path / "summary.json").read_text())["summary"]
-    assert summary["sgd"]["seeds"] == 2
-    runs = [read(tmp_path / f"sgd_seed{s}")["final_test_accuracy"] for s in (0, 1)]
-    assert summary["sgd"]["mean"] == pytest.approx(np.mean(runs))
-    assert (tmp_path / "compare.png").stat().st_size > 0
+    assert "| sgd |" in out and "| late-sam |" in out and "| xsam+adaptive |" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["baseline"] == "sgd"
+    sgd = summary["variants"]["sgd"]
+    accs = [read(tmp_path / f"sgd_seed{s}")["final_test_accuracy"] for s in (0, 1, 2)]
+    assert sgd["seeds"] == [0, 1, 2] and sgd["test_accuracies"] == accs
+    assert sgd["mean_test_accuracy"] == pytest.approx(np.mean(accs))
+    # Student t, 2 degrees of freedom: t_0.975 = 4.303 (a table's value).
+    assert sgd["ci95"] == pytest.approx(4.303 * np.std(accs, ddof=1) / np.sqrt(3), rel=1e-3)
+    late = [read(tmp_path / f"late-sam_seed{s}")["final_test_accuracy"] for s in (0, 1, 2)]
+    paired = summary["paired"]["late-sam"]
+    differences = np.subtract(late, accs)
+    assert paired["differences"] == pytest.approx(differences.tolist())
+    assert paired["mean_difference"] == pytest.approx(differences.mean())
+    assert paired["ci95"] == pytest.approx(4.303 * differences.std(ddof=1) / np.sqrt(3), rel=1e-3)
+    # The variant's modifiers reached its run: XSAM with the ASAM ascent.
+    config = read(tmp_path / "xsam+adaptive_seed0")["config"]
+    assert (config["optimizer"], config["adaptive"]) == ("xsam", True)
+    for name in ("compare_curves.png", "compare_bars.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--optimizer", "adamw"], "argument --optimizer: invalid choice: 'adamw'"),
-    (["--compare", "sam,foo"], "argument --compare: unknown optimizer 'foo'"),
-    (["--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
-    (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
-    (["--devices", "3"], "--batch-size must be divisible by --devices (3), got 128"),
-    (["--m-sharpness", "7"], "--m-sharpness must be a divisor of --batch-size (128), got 7"),
-    (["--optimizer", "sgd", "--m-sharpness", "16"],
-     "--m-sharpness must be unset with --optimizer sgd (it needs a sharpness-aware optimizer), "
-     "got 16"),
-    (["--resume"], "--resume needs --out"),
-    (["--rho", "-1"], "--rho must be a finite float >= 0, got -1.0"),
-    (["--momentum", "1"], "--momentum must be a finite float in [0, 1), got 1.0"),
-    (["--wsam-gamma", "1"], "--wsam-gamma must be a finite float in [0, 1), got 1.0"),
-    (["--late-phase-start", "1.5"], "--late-phase-start must be a finite float in [0, 1], got 1.5"),
-    (["--model", "resnet1000"], "--model must be one of 'cnn1d', 'densenet121', "),
-    (["--model", "resnet18"], "--model must be one of cnn1d, cnn1d_wide, mlp, transformer for "
-     "digits, whose "
-     "examples have shape (64,), got 'resnet18'"),
-    (["--batch-size", "2000"], "--batch-size must be at most the 1437 training examples, "
-     "got 2000"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--optimizer", "adamw"], "argument --optimizer: unknown method 'adamw' in 'adamw'"),
+        (["--compare", "sam,foo"], "argument --compare: unknown method 'foo' in 'foo'"),
+        (["--compare", "sam+fast"], "argument --compare: unknown modifier 'fast' in 'sam+fast'"),
+        (["--seeds", "0-x"], "argument --seeds: expected seeds like 0,1,2 or 0-4, got '0-x'"),
+        (
+            ["--compare", "sam,xsam", "--baseline", "sgd"],
+            "--baseline must be one of the --compare variants, got 'sgd'",
+        ),
+        (
+            ["--optimizer", "sgd", "--adaptive"],
+            "--adaptive must be unset with --optimizer sgd (it modifies a sharpness-aware method), "
+            "got True",
+        ),
+        (["--val-fraction", "1"], "--val-fraction must be a finite float in (0, 1), got 1.0"),
+        (["--test-size", "5000"], "--test-size must be unset for --dataset digits"),
+        (["--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+        (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+        (["--devices", "3"], "--batch-size must be divisible by --devices (3), got 128"),
+        (["--m-sharpness", "7"], "--m-sharpness must be a divisor of --batch-size (128), got 7"),
+        (
+            ["--optimizer", "sgd", "--m-sharpness", "16"],
+            "--m-sharpness must be unset with --optimizer sgd (it modifies a sharpness-aware "
+            "method), got 16",
+        ),
+        (["--resume"], "--resume needs --out"),
+        (["--rho", "-1"], "--rho must be a finite float >= 0, got -1.0"),
+        (["--momentum", "1"], "--momentum must be a finite float in [0, 1), got 1.0"),
+        (["--wsam-gamma", "1"], "--wsam-gamma must be a finite float in [0, 1), got 1.0"),
+        (
+            ["--late-phase-start", "1.5"],
+            "--late-phase-start must be a finite float in [0, 1], got 1.5",
+        ),
+        (
+            ["--model", "resnet1000"],
+            "--model must be one of 'cnn1d', 'cnn1d_wide', 'densenet121', ",
+        ),
+        (
+            ["--model", "resnet18"],
+            "--model must be one of cnn1d, cnn1d_wide, mlp, transformer for "
+            "digits, whose "
+            "examples have shape (64,), got 'resnet18'",
+        ),
+        (
+            ["--batch-size", "2000"],
+            "--batch-size must be at most the 1437 training examples, got 2000",
+        ),
+    ],
+)
 def test_bad_flags_get_a_one_line_error(flags, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*FAST, *flags])
@@ -211,9 +302,27 @@ def test_module_entry_point_with_simulated_devices(tmp_path):
     """`python -m xsam_jax --devices 2` trains data-parallel on two simulated CPU devices."""
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     done = subprocess.run(
-        [sys.executable, "-m", "xsam_jax", *FAST, "--epochs", "1", "--devices", "2",
-         "--optimizer", "sam", "--out", str(tmp_path), "--jit-cache", str(tmp_path / "xla")],
-        capture_output=True, text=True, timeout=300, env=env)
+        [
+            sys.executable,
+            "-m",
+            "xsam_jax",
+            *FAST,
+            "--epochs",
+            "1",
+            "--devices",
+            "2",
+            "--optimizer",
+            "sam",
+            "--out",
+            str(tmp_path),
+            "--jit-cache",
+            str(tmp_path / "xla"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "final test accuracy" in done.stdout
     assert read(tmp_path)["config"]["devices"] == 2

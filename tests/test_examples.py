@@ -24,8 +24,9 @@ def test_late_phase_example(capsys, monkeypatch):
     original_run = experiment.run
 
     def recorded_run(config, **kwargs):
-        runs[config.optimizer] = original_run(config, **kwargs)
-        return runs[config.optimizer]
+        name = "late-sam" if config.late_phase_start is not None else config.optimizer
+        runs[name] = original_run(config, **kwargs)
+        return runs[name]
 
     monkeypatch.setattr(experiment, "run", recorded_run)
     rows = load("late_phase").main(["--dataset", "digits", "--epochs", "3", "--switch", "0.67"])
@@ -33,6 +34,7 @@ def test_late_phase_example(capsys, monkeypatch):
     for name, accuracy, seconds in rows:
         assert accuracy == runs[name]["final_test_accuracy"]
         assert seconds == pytest.approx(sum(h["seconds"] for h in runs[name]["history"]))
+    assert runs["late-sam"]["config"]["late_phase_start"] == 0.67
     assert "| late-sam |" in capsys.readouterr().out
 
     # 3 epochs of 11 steps, SAM from step int(0.67 * 33) = 22: late-phase SAM is SGD for two

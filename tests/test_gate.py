@@ -210,12 +210,13 @@ def test_train_step_passes_perturb_to_the_transformation():
 
 def test_xsam_train_late_sam_switches_at_the_documented_step():
     """--late-phase-start 0.25 of 4 epochs: epoch 1 is SGD's exactly, epoch 2 is not."""
-    common = dict(dataset="digits", epochs=4, late_phase_start=0.25, seed=3)
-    late = experiment.run(experiment.TrainConfig(optimizer="late-sam", **common), progress=False)
+    common = dict(dataset="digits", epochs=4, seed=3)
+    late_config = experiment.TrainConfig(optimizer="late-sam", late_phase_start=0.25, **common)
+    late = experiment.run(late_config, progress=False)
     sgd = experiment.run(experiment.TrainConfig(optimizer="sgd", **common), progress=False)
     keys = ("train_loss", "train_accuracy", "test_loss")
     assert [late["history"][0][k] for k in keys] == [sgd["history"][0][k] for k in keys]
     assert late["history"][1]["train_loss"] != sgd["history"][1]["train_loss"]
-    built = experiment._Run(experiment.TrainConfig(optimizer="late-sam", **common))
+    built = experiment.train._Run(late_config)
     steps = built.steps_per_epoch
     np.testing.assert_array_equal(built.perturb_plan, np.arange(4 * steps) >= steps)

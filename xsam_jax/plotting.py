@@ -324,14 +324,16 @@ def plot_training_curves(
     title: str | None = None,
     path: str | os.PathLike | None = None,
 ) -> Figure:
-    """Loss and accuracy per epoch (train dashed, test solid) and XSAM's α*, for some runs.
+    """Loss and accuracy per epoch and XSAM's α*, for some runs.
 
-    One color per run. The α* panel appears when some run recorded α* (XSAM runs do).
+    One color per run: training dashed, the test split solid, the validation split dotted
+    (each where the history has it). The α* panel appears when some run recorded α* (XSAM
+    runs do).
 
     Args:
       histories: run label -> its per-epoch history, the entries `xsam_jax.experiment.run`
-        returns: dicts with "epoch", "train_loss", "test_loss", "train_accuracy",
-        "test_accuracy" and "alpha" (None for methods without α*).
+        returns: dicts with "epoch", "train_loss", "train_accuracy", "alpha" (None for methods
+        without α*) and "test_*" and/or "val_*" losses and accuracies.
       title: optional figure title.
       path: optional output file (.png, .svg, .pdf).
 
@@ -340,21 +342,124 @@ def plot_training_curves(
     """
     if not histories:
         raise ValueError("histories must hold at least one run, got none")
-    with_alpha = any(h and h[0]["alpha"] is not None for h in histories.values())
+    with_alpha = any(h and h[0].get("alpha") is not None for h in histories.values())
     fig, axes = _figure(ncols=3 if with_alpha else 2, width=4.4)
+    styles = {"train": "--", "test": "-", "val": ":"}
+    shown = set()
     for i, (label, history) in enumerate(histories.items()):
         color = f"C{i}"
         epochs = [h["epoch"] for h in history]
-        for ax, key in zip(axes[:2], ("loss", "accuracy"), strict=True):
-            ax.plot(epochs, [h[f"train_{key}"] for h in history], "--", color=color, alpha=0.7)
-            ax.plot(epochs, [h[f"test_{key}"] for h in history], "-", color=color, label=label)
-        if with_alpha and history and history[0]["alpha"] is not None:
+        labelled = False  # the run's label goes on its first held-out curve
+        for split, style in styles.items():
+            if not history or f"{split}_loss" not in history[0]:
+                continue
+            shown.add(split)
+            name = None
+            if split != "train" and not labelled:
+                name, labelled = label, True
+            for ax, key in zip(axes[:2], ("loss", "accuracy"), strict=True):
+                values = [h[f"{split}_{key}"] for h in history]
+                alpha = 0.7 if split == "train" else 1.0
+                ax.plot(epochs, values, style, color=color, alpha=alpha, label=name)
+        if with_alpha and history and history[0].get("alpha") is not None:
             alphas = [h["alpha"] for h in history]
             axes[2].plot(epochs, alphas, "-o", markersize=3, color=color, label=label)
-    panel_titles = ("loss (train dashed, test solid)", "accuracy", r"XSAM $\alpha^*$")
+    names = {"train": "train dashed", "test": "test solid", "val": "val dotted"}
+    legend = ", ".join(names[s] for s in styles if s in shown)
+    panel_titles = (f"loss ({legend})", "accuracy", r"XSAM $\alpha^*$")
     for ax, panel_title in zip(axes, panel_titles, strict=False):
         ax.set_title(panel_title)
         _epoch_axis(ax)
         ax.grid(alpha=0.3)
     axes[1].legend()
+    return _finish(fig, title, path)
+
+
+def plot_accuracy_bands(
+    curves: Mapping[str, Sequence[Sequence[float]]],
+    *,
+    ylabel: str = "test accuracy",
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Accuracy per epoch over seeds: the mean and a band of ± one standard deviation.
+
+    Args:
+      curves: variant label -> one accuracy curve per seed (all of one variant's curves of
+        equal length).
+      ylabel: the y-axis label.
+      title: optional figure title.
+      path: optional output file.
+
+    Returns:
+      The figure.
+    """
+    if not curves:
+        raise ValueError("curves must hold at least one variant, got none")
+    fig, (ax,) = _figure()
+    for i, (label, runs) in enumerate(curves.items()):
+        values = np.asarray(runs, np.float64)
+        if values.ndim != 2 or values.shape[1] == 0:
+            raise InvalidArgumentError(
+                f"curves[{label!r}]", "equal-length, non-empty curves", f"shape {values.shape}"
+            )
+        epochs = np.arange(1, values.shape[1] + 1)
+        mean = values.mean(axis=0)
+        spread = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
+        ax.plot(epochs, mean, color=f"C{i}", label=f"{label} ({len(values)} seeds)")
+        ax.fill_between(epochs, mean - spread, mean + spread, color=f"C{i}", alpha=0.2, linewidth=0)
+    ax.set_ylabel(ylabel)
+    _epoch_axis(ax)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _finish(fig, title, path)
+
+
+def plot_accuracy_bars(
+    means: Mapping[str, float],
+    half_widths: Mapping[str, float],
+    *,
+    ylabel: str = "final test accuracy",
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """One bar per variant with its 95 % confidence interval as an error bar.
+
+    The y axis starts near the lowest interval, not at 0, so differences of a point show.
+
+    Args:
+      means: variant label -> mean accuracy.
+      half_widths: variant label -> half-width of its 95 % interval (NaN: no bar).
+      ylabel: the y-axis label.
+      title: optional figure title.
+      path: optional output file.
+
+    Returns:
+      The figure.
+    """
+    labels = list(means)
+    if not labels:
+        raise ValueError("means must hold at least one variant, got none")
+    values = np.array([means[k] for k in labels], np.float64)
+    errors = np.array([half_widths.get(k, np.nan) for k in labels], np.float64)
+    shown = np.where(np.isfinite(errors), errors, 0.0)
+    fig, (ax,) = _figure(width=max(4.0, 0.9 * len(labels) + 1.5))
+    ax.bar(
+        range(len(labels)),
+        values,
+        yerr=shown,
+        capsize=4,
+        color=[f"C{i}" for i in range(len(labels))],
+    )
+    ax.set_xticks(
+        range(len(labels)),
+        labels,
+        rotation=30 if len(labels) > 4 else 0,
+        ha="right" if len(labels) > 4 else "center",
+    )
+    low, high = float(np.min(values - shown)), float(np.max(values + shown))
+    pad = max(0.01, 0.15 * (high - low))
+    ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) if high <= 1.0 else high + pad)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3, axis="y")
     return _finish(fig, title, path)

@@ -65,7 +65,8 @@ def test_a_fake_cifar10_download_is_prepared_and_trained_on(tmp_path, monkeypatc
     [epoch] = result["history"]
     assert np.isfinite(epoch["train_loss"]) and np.isfinite(epoch["test_loss"])
     _, trained = experiment.load_run(tmp_path / "run")
-    initial = experiment._Run(config).state.params  # same seed: the parameters before the step
+    # Same seed: the parameters before the step.
+    initial = experiment.train._Run(config).state.params
     changed = jax.tree.map(
         lambda a, b: not np.array_equal(a, b), jax.device_get(initial), trained.state.params
     )

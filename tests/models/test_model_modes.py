@@ -187,7 +187,7 @@ def test_exactly_the_models_listed_for_signals_read_them():
     shape = (40,)
     x = jnp.zeros((2, *shape))
     for name in models.available():
-        kwargs = experiment._model_kwargs(name, shape)
+        kwargs = experiment.train._model_kwargs(name, shape)
 
         def logits(x, name=name, kwargs=kwargs):
             return models.create(name, 10, rngs=nnx.Rngs(0), **kwargs)(x)

@@ -26,7 +26,7 @@ from flax import nnx
 
 from xsam_jax import landscape, sharpness
 from xsam_jax._src.validation import check_int, check_range
-from xsam_jax.experiment import TrainConfig, current_alpha, load_run, resolved_radii
+from xsam_jax.experiment import TrainConfig, current_alpha, default_radii, load_run
 
 NUM_EIGENVALUES = 3
 # Radii of the Proposition-1 figure, as multiples of ρ_max (ρ itself is added).
@@ -124,10 +124,13 @@ def choose_radii(
 ) -> tuple[float, float, dict[str, str]]:
     """ρ and ρ_max with where each came from: the flag, the run, or the fallback.
 
-    The run's radii are `xsam_jax.experiment.resolved_radii`, except that ASAM's ρ is a
-    radius in its parameter-scaled space, not a Euclidean one, so ASAM runs have none here.
+    The run's radii are `xsam_jax.experiment.default_radii`, except that an adaptive (ASAM)
+    ascent's ρ is a radius in its parameter-scaled space, not a Euclidean one, so those runs
+    have no ρ here (XSAM's probe radius ρ_max stays Euclidean).
     """
-    run_rho, run_rho_max = (None, None) if config.optimizer == "asam" else resolved_radii(config)
+    run_rho, run_rho_max = default_radii(config)
+    if config.adaptive:
+        run_rho = None
     sources = {}
     if rho is not None:
         sources["rho"] = "flag"

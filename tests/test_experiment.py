@@ -1,0 +1,214 @@
+"""How `xsam-train`'s flags reach the optimizer, checked against their documented meaning.
+
+Each case runs the CLI's own run (`experiment.train._Run`, built from the parsed flags) for a
+few steps next to an optimizer written out here from the README's description of the flags,
+on the same model, data and batches; the parameters must agree. The transformations
+themselves are checked against NumPy elsewhere.
+"""
+
+import dataclasses
+import math
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import xsam_jax as xs
+from xsam_jax import cli, experiment, training
+from xsam_jax.experiment.train import _Run
+
+# digits with a 1-D CNN: a setting the study did not tune, so the papers' radii are the defaults.
+FAST = ["--dataset", "digits", "--model", "cnn1d", "--epochs", "2", "--batch-size", "128"]
+STEPS_PER_EPOCH = 11  # 1,437 training examples
+TOTAL = 2 * STEPS_PER_EPOCH
+
+
+def config_from_flags(flags):
+    args = cli.build_parser().parse_args([*FAST, *flags])
+    fields = {f.name for f in dataclasses.fields(experiment.TrainConfig)} - {"optimizer"}
+    base = experiment.TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
+    return dataclasses.replace(base, **experiment.parse_variant(args.optimizer)).resolved()
+
+
+def documented(method, *, lr=0.05, momentum=0.9, weight_decay=5e-4):
+    """The README: the method, then weight decay, then SGD with momentum and cosine decay."""
+    schedule = optax.cosine_decay_schedule(lr, TOTAL)
+    chain = [optax.add_decayed_weights(weight_decay), optax.sgd(schedule, momentum=momentum)]
+    return optax.chain(*([] if method is None else [method]), *chain)
+
+
+CASES = {
+    "default xsam: rho 0.15, rho_max 2 rho, one search an epoch": (
+        [],
+        xs.xsam(0.15, 0.3, search_every=STEPS_PER_EPOCH),
+    ),
+    "--rho sets rho_max to twice it": (
+        ["--rho", "0.1"],
+        xs.xsam(0.1, 0.2, search_every=STEPS_PER_EPOCH),
+    ),
+    "--rho-max": (
+        ["--rho", "0.1", "--rho-max", "0.4"],
+        xs.xsam(0.1, 0.4, search_every=STEPS_PER_EPOCH),
+    ),
+    "--search-every": (["--search-every", "3"], xs.xsam(0.15, 0.3, search_every=3)),
+    "--ascent-steps": (
+        ["--ascent-steps", "2"],
+        xs.xsam(0.15, 0.3, ascent_steps=2, search_every=STEPS_PER_EPOCH),
+    ),
+    "sam default 0.05": (["--optimizer", "sam"], xs.sam(0.05)),
+    "asam is sam with the adaptive ascent, rho 0.5": (["--optimizer", "asam"], xs.asam(0.5)),
+    "--adaptive on xsam": (
+        ["--adaptive", "--rho", "0.5", "--rho-max", "0.2"],
+        xs.xsam(0.5, 0.2, adaptive=True, search_every=STEPS_PER_EPOCH),
+    ),
+    "late-sam: SGD for the first 80 % of the steps": (
+        ["--optimizer", "late-sam"],
+        xs.sam(xs.late_phase(0.05, int(0.8 * TOTAL))),
+    ),
+    "--late-phase-start on xsam": (
+        ["--late-phase-start", "0.25"],
+        xs.xsam(xs.late_phase(0.15, int(0.25 * TOTAL)), 0.3, search_every=STEPS_PER_EPOCH),
+    ),
+    "sam+late=0.5": (["--optimizer", "sam+late=0.5"], xs.sam(xs.late_phase(0.05, TOTAL // 2))),
+    "--gsam-alpha": (["--optimizer", "gsam", "--gsam-alpha", "0.2"], xs.gsam(0.05, 0.2)),
+    "--wsam-gamma": (["--optimizer", "wsam", "--wsam-gamma", "0.7"], xs.wsam(0.05, 0.7)),
+    "sgd": (["--optimizer", "sgd"], None),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_flags_reach_the_optimizer_as_documented(case):
+    flags, method = CASES[case]
+    config = config_from_flags(flags)
+    built = _Run(config)
+    reference = documented(method)
+    step = jax.jit(training.make_train_step(built.model, reference))
+    state = training.TrainState.create(built.model, reference, rng=config.seed)
+    for epoch in range(2):
+        for i, batch in enumerate(built.batches(epoch)):
+            perturb = bool(built.perturb_plan[epoch * STEPS_PER_EPOCH + i])
+            built.state, _ = built.step(built.state, batch, perturb=perturb)
+            state, _ = step(state, batch)
+    for a, b in zip(
+        jax.tree.leaves(built.state.params), jax.tree.leaves(state.params), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize(
+    "flags,lr,momentum,weight_decay",
+    [
+        (["--lr", "0.2"], 0.2, 0.9, 5e-4),
+        (["--momentum", "0.5"], 0.05, 0.5, 5e-4),
+        (["--weight-decay", "0.01"], 0.05, 0.9, 0.01),
+    ],
+)
+def test_base_optimizer_flags(flags, lr, momentum, weight_decay):
+    config = config_from_flags(["--optimizer", "sgd", *flags])
+    built = _Run(config)
+    reference = documented(None, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    step = jax.jit(training.make_train_step(built.model, reference))
+    state = training.TrainState.create(built.model, reference, rng=config.seed)
+    for batch in built.batches(0):
+        built.state, _ = built.step(built.state, batch)
+        state, _ = step(state, batch)
+    for a, b in zip(
+        jax.tree.leaves(built.state.params), jax.tree.leaves(state.params), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_variants_and_aliases():
+    assert experiment.parse_variant("xsam+adaptive+late=0.75") == {
+        "optimizer": "xsam",
+        "adaptive": True,
+        "late_phase_start": 0.75,
+    }
+    assert experiment.parse_variant("xsam+late") == {"optimizer": "xsam", "late_phase_start": 0.8}
+    late = experiment.TrainConfig(optimizer="late-sam")
+    assert (late.optimizer, late.adaptive, late.late_phase_start) == ("sam", False, 0.8)
+    early = experiment.TrainConfig(optimizer="late-sam", late_phase_start=0.3)
+    assert early.late_phase_start == 0.3
+    asam = experiment.TrainConfig(optimizer="asam")
+    assert (asam.optimizer, asam.adaptive) == ("sam", True)
+    for bad, message in (
+        ("adamw", "unknown method 'adamw'"),
+        ("sam+late=x", r"\+late=F needs"),
+        ("sam+slow", "unknown modifier 'slow'"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            experiment.parse_variant(bad)
+
+
+def test_configs_saved_by_the_previous_version_keep_their_meaning():
+    """Before the variants, every config stored late_phase_start (0.8), used by late-sam only."""
+    old = dataclasses.asdict(experiment.TrainConfig())
+    del old["adaptive"], old["val_fraction"], old["test_size"]
+    for name, expect in (
+        ("xsam", ("xsam", False, None)),
+        ("late-sam", ("sam", False, 0.8)),
+        ("asam", ("sam", True, None)),
+    ):
+        config = experiment.TrainConfig.from_dict(
+            {**old, "optimizer": name, "late_phase_start": 0.8}
+        )
+        assert (config.optimizer, config.adaptive, config.late_phase_start) == expect
+    with pytest.raises(ValueError, match="not a TrainConfig of this version"):
+        experiment.TrainConfig.from_dict({**old, "colour": "red"})
+
+
+def test_default_radii_prefer_the_study_then_the_papers(monkeypatch):
+    monkeypatch.setitem(
+        experiment.TUNED_RADII,
+        ("digits", "mlp"),
+        {"xsam": {"rho": 0.1, "rho_max": 0.1}, "sam+adaptive": {"rho": 1.0}},
+    )
+    tuned = experiment.TrainConfig(dataset="digits")
+    assert experiment.default_radii(tuned) == (0.1, 0.1)
+    assert experiment.default_radii(dataclasses.replace(tuned, rho=0.2)) == (0.2, 0.4)
+    assert experiment.default_radii(dataclasses.replace(tuned, optimizer="asam")) == (1.0, None)
+    other = experiment.TrainConfig(dataset="mnist1d", model="cnn1d_wide")
+    assert experiment.default_radii(other) == (0.15, 0.3)
+    assert experiment.default_radii(dataclasses.replace(other, optimizer="gsam")) == (0.05, None)
+    assert experiment.default_radii(dataclasses.replace(other, optimizer="sgd")) == (None, None)
+
+
+def test_summary_statistics_by_hand():
+    def result(seed, test, val, train=1.0, seconds=2.0):
+        return {
+            "config": {"seed": seed},
+            "final_test_accuracy": test,
+            "final_val_accuracy": val,
+            "final_train_accuracy": train,
+            "seconds": seconds,
+            "gradient_evaluations": 10,
+        }
+
+    results = {
+        "sgd": [result(0, 0.90, 0.80), result(1, 0.92, 0.82), result(2, 0.94, 0.81)],
+        "sam": [
+            result(0, 0.93, 0.83),
+            result(1, 0.94, 0.84),
+            result(2, 0.98, 0.83),
+            result(3, 0.99, 0.99),
+        ],
+    }
+    summary = experiment.summarise(results)
+    sgd = summary["variants"]["sgd"]
+    assert sgd["mean_test_accuracy"] == pytest.approx(0.92)
+    # sd 0.02, t_{0.975, 2} = 4.303 (from a table)
+    assert sgd["ci95"] == pytest.approx(4.303 * 0.02 / math.sqrt(3), rel=1e-3)
+    assert sgd["mean_val_accuracy"] == pytest.approx(0.81)
+    assert sgd["val_ci95"] == pytest.approx(4.303 * 0.01 / math.sqrt(3), rel=1e-3)
+    paired = summary["paired"]["sam"]
+    # Paired on the seeds both ran (0, 1, 2): differences 0.03, 0.02, 0.04.
+    assert paired["seeds"] == [0, 1, 2]
+    assert paired["differences"] == pytest.approx([0.03, 0.02, 0.04])
+    assert paired["mean_difference"] == pytest.approx(0.03)
+    assert paired["ci95"] == pytest.approx(4.303 * 0.01 / math.sqrt(3), rel=1e-3)
+    assert paired["val_mean_difference"] == pytest.approx((0.03 + 0.02 + 0.02) / 3)
+    assert summary["variants"]["sam"]["seeds"] == [0, 1, 2, 3]
+    assert math.isnan(experiment.summarise({"a": [result(0, 0.5, 0.5)]})["variants"]["a"]["ci95"])
+    with pytest.raises(ValueError, match="baseline must be one of sgd, sam"):
+        experiment.summarise(results, baseline="adam")

@@ -1,0 +1,55 @@
+"""Runs from a flat config: what `xsam-train` and the study (`xsam-study`) call.
+
+- `config`: `TrainConfig` (everything one run depends on), the method names and variants
+  (``xsam+adaptive``, ``sam+late=0.75``) and their default radii;
+- `optimizers`: the Optax chain of a run, its ρ schedule, which steps perturb, what it costs;
+- `train`: `run(config)` trains with a progress bar, evaluates every epoch and, with `out`,
+  writes `metrics.json`, `curves.png` and Orbax checkpoints that `resume` continues
+  bit-exactly; `load_run` restores what a run saved;
+- `compare`: side-by-side variants over seeds, with 95 % intervals and paired differences.
+"""
+
+from xsam_jax.experiment.compare import format_table, summarise, write_comparison
+from xsam_jax.experiment.config import (
+    ALIASES,
+    DEFAULT_MODEL,
+    METHODS,
+    OPTIMIZERS,
+    PAPER_RHO,
+    PAPER_RHO_ADAPTIVE,
+    TUNED_RADII,
+    TrainConfig,
+    default_radii,
+    parse_variant,
+)
+from xsam_jax.experiment.optimizers import cost, make_optimizer, perturb_plan, rho_schedule
+from xsam_jax.experiment.train import (
+    current_alpha,
+    current_xsam_state,
+    load_run,
+    run,
+)
+
+__all__ = [
+    "ALIASES",
+    "DEFAULT_MODEL",
+    "METHODS",
+    "OPTIMIZERS",
+    "PAPER_RHO",
+    "PAPER_RHO_ADAPTIVE",
+    "TUNED_RADII",
+    "TrainConfig",
+    "cost",
+    "current_alpha",
+    "current_xsam_state",
+    "default_radii",
+    "format_table",
+    "load_run",
+    "make_optimizer",
+    "parse_variant",
+    "perturb_plan",
+    "rho_schedule",
+    "run",
+    "summarise",
+    "write_comparison",
+]

@@ -1,0 +1,242 @@
+"""What one run depends on: `TrainConfig`, the method names, their variants and defaults.
+
+A run is a *method* (``sgd``, ``sam``, ``xsam``, ``gsam``, ``wsam``) with two modifiers that
+apply to every sharpness-aware method: ``adaptive`` (the ASAM ascent, Kwon et al. 2021) and
+``late_phase_start`` (plain SGD until that fraction of training, then the method; Zhou et al.
+2025). ``asam`` and ``late-sam`` remain as shorthands. On the command line a variant is
+written ``method[+adaptive][+late=F]``, e.g. ``xsam+adaptive`` or ``sam+late=0.75``.
+
+Defaults that a later version may change (ρ, ρ_max, the model) are resolved before a run is
+saved (`TrainConfig.resolved`), so `--resume` and `xsam-analyse` read what the run used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from xsam_jax import data, models
+from xsam_jax._src.validation import InvalidArgumentError, check_choice, check_int, check_range
+
+METHODS = ("sgd", "sam", "xsam", "gsam", "wsam")
+# Shorthands: what each sets (a late phase only where --late-phase-start is not given).
+ALIASES: dict[str, dict[str, Any]] = {
+    "asam": {"optimizer": "sam", "adaptive": True},
+    "late-sam": {"optimizer": "sam", "late_phase_start": 0.8},
+}
+OPTIMIZERS = METHODS + tuple(ALIASES)
+# The papers' radii: SAM's "solid default" (Foret et al. 2021), ASAM's (Kwon et al. 2021),
+# XSAM's 0.15 / 0.3 (Chen & Zhou 2026); GSAM and WSAM start from SAM's.
+PAPER_RHO = {"sam": 0.05, "xsam": 0.15, "gsam": 0.05, "wsam": 0.05}
+PAPER_RHO_ADAPTIVE = 0.5
+# Radii chosen on validation data by the study (`xsam-study`, README "Results"), per
+# (dataset, model): they replace the papers' where the study measured the setting.
+TUNED_RADII: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+DEFAULT_MODEL = {
+    "mnist1d": "cnn1d",
+    "digits": "mlp",
+    "cifar10": "resnet18",
+    "cifar100": "resnet18",
+    "svhn": "resnet18",
+    "fashion_mnist": "resnet18",
+}
+
+
+def flag(field: str) -> str:
+    """The `xsam-train` flag of a `TrainConfig` field: batch_size -> --batch-size."""
+    return "--" + field.replace("_", "-")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything one run depends on (defaults: XSAM, 1-D CNN, MNIST-1D, about a minute on CPU).
+
+    ``optimizer`` is a method of `METHODS` (a shorthand of `ALIASES` is rewritten into it);
+    ``adaptive`` uses the ASAM ascent; ``late_phase_start`` F runs plain SGD for the first
+    fraction F of the steps (None: the method throughout). ``rho`` None takes the default radius
+    (`default_radii`), ``rho_max`` None likewise (XSAM only), ``search_every`` None searches α*
+    once an epoch, ``model`` None takes the dataset's default model, ``augment`` None augments
+    image datasets only (crop, flip, Cutout). ``val_fraction`` holds out that fraction of the
+    training set for validation (deterministic per seed); ``test_size`` enlarges MNIST-1D's
+    test set with more signals from its generator.
+    """
+
+    optimizer: str = "xsam"
+    dataset: str = "mnist1d"
+    model: str | None = None
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    rho: float | None = None
+    rho_max: float | None = None
+    adaptive: bool = False
+    ascent_steps: int = 1
+    search_every: int | None = None
+    gsam_alpha: float = 0.4
+    wsam_gamma: float = 0.9
+    late_phase_start: float | None = None
+    m_sharpness: int | None = None
+    devices: int = 1
+    augment: bool | None = None
+    val_fraction: float | None = None
+    test_size: int | None = None
+    seed: int = 0
+    data_dir: str | None = None
+    download: bool = False
+
+    def __post_init__(self) -> None:
+        alias = ALIASES.get(self.optimizer)
+        if alias is not None:
+            self.optimizer = alias["optimizer"]
+            self.adaptive = alias.get("adaptive", self.adaptive)
+            if self.late_phase_start is None:
+                self.late_phase_start = alias.get("late_phase_start")
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> TrainConfig:
+        """A config saved by this or an earlier version (unknown fields are an error).
+
+        Earlier versions stored ``late_phase_start`` for every run and used it for
+        ``optimizer="late-sam"`` only; for the others it meant nothing and is dropped.
+        """
+        fields = dict(fields)
+        if fields.get("optimizer") != "late-sam" and "adaptive" not in fields:
+            fields.pop("late_phase_start", None)
+        try:
+            return cls(**fields)
+        except TypeError as err:
+            raise ValueError(f"not a TrainConfig of this version ({err})") from None
+
+    def validate(self) -> None:
+        """InvalidArgumentError (a ValueError) naming the flag of the first bad field."""
+        check_choice("--optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("--dataset", self.dataset, data.available())
+        if self.model is not None:
+            check_choice("--model", self.model, models.available())
+        for name in ("epochs", "batch_size", "ascent_steps", "devices"):
+            check_int(flag(name), getattr(self, name), low=1)
+        check_range("--lr", self.lr, low=0.0, low_open=True)
+        check_range("--momentum", self.momentum, low=0.0, high=1.0, high_open=True)
+        check_range("--weight-decay", self.weight_decay, low=0.0)
+        check_range("--gsam-alpha", self.gsam_alpha, low=0.0)
+        check_range("--wsam-gamma", self.wsam_gamma, low=0.0, high=1.0, high_open=True)
+        # Fields whose None means "the default": checked when set (flags are never None).
+        optional_checks = {
+            "search_every": lambda v: check_int("--search-every", v, low=1),
+            "rho": lambda v: check_range("--rho", v, low=0.0),
+            "rho_max": lambda v: check_range("--rho-max", v, low=0.0),
+            "late_phase_start": lambda v: check_range("--late-phase-start", v, low=0.0, high=1.0),
+            "val_fraction": lambda v: check_range(
+                "--val-fraction", v, low=0.0, high=1.0, low_open=True, high_open=True
+            ),
+            "test_size": lambda v: check_int("--test-size", v, low=1000),
+        }
+        for name, check in optional_checks.items():
+            if getattr(self, name) is not None:
+                check(getattr(self, name))
+        if self.test_size is not None and self.dataset != "mnist1d":
+            raise InvalidArgumentError(
+                "--test-size",
+                f"unset for --dataset {self.dataset} (only mnist1d can make more)",
+                self.test_size,
+            )
+        check_int("--seed", self.seed, low=0)
+        if self.optimizer == "sgd":
+            for name in ("adaptive", "late_phase_start", "m_sharpness"):
+                if getattr(self, name) not in (None, False):
+                    raise InvalidArgumentError(
+                        flag(name),
+                        "unset with --optimizer sgd (it modifies a sharpness-aware method)",
+                        getattr(self, name),
+                    )
+        if self.batch_size % self.devices:
+            raise InvalidArgumentError(
+                "--batch-size", f"divisible by --devices ({self.devices})", self.batch_size
+            )
+        if self.m_sharpness is not None:
+            self._validate_m_sharpness()
+
+    def _validate_m_sharpness(self) -> None:
+        check_int("--m-sharpness", self.m_sharpness, low=1)
+        per_device = self.batch_size // self.devices
+        if self.devices > 1 and self.m_sharpness != per_device:
+            raise InvalidArgumentError(
+                "--m-sharpness",
+                f"--batch-size / --devices = {per_device} with --devices > 1 (it is per device)",
+                self.m_sharpness,
+            )
+        if self.batch_size % self.m_sharpness:
+            raise InvalidArgumentError(
+                "--m-sharpness", f"a divisor of --batch-size ({self.batch_size})", self.m_sharpness
+            )
+
+    @property
+    def model_name(self) -> str:
+        return self.model or DEFAULT_MODEL[self.dataset]
+
+    def resolved(self) -> TrainConfig:
+        """A copy with the model and the radii filled in: what a run stores and compares."""
+        rho, rho_max = default_radii(self)
+        return dataclasses.replace(self, model=self.model_name, rho=rho, rho_max=rho_max)
+
+
+def default_radii(config: TrainConfig) -> tuple[float | None, float | None]:
+    """The ascent radius ρ and XSAM's probe radius ρ_max of a run, None where it has none.
+
+    A radius given in the config wins. Otherwise the study's choice for the config's dataset
+    and model (`TUNED_RADII`) if it measured that setting, else the papers' (`PAPER_RHO`,
+    ASAM's 0.5 for adaptive ascents; XSAM's ρ_max = 2ρ). SGD has neither.
+    """
+    if config.optimizer == "sgd":
+        return None, None
+    tuned = TUNED_RADII.get((config.dataset, config.model_name), {})
+    key = config.optimizer + ("+adaptive" if config.adaptive else "")
+    found = tuned.get(key, {})
+    paper = PAPER_RHO_ADAPTIVE if config.adaptive else PAPER_RHO[config.optimizer]
+    rho = config.rho if config.rho is not None else found.get("rho", paper)
+    if config.optimizer != "xsam":
+        return rho, None
+    if config.rho_max is not None:
+        return rho, config.rho_max
+    if "rho_max" in found and config.rho is None:
+        return rho, found["rho_max"]
+    # The XSAM authors probe at twice the ascent radius (0.15 / 0.3); with an adaptive ascent
+    # ρ lives in the rescaled space, so the probe radius falls back to theirs.
+    return rho, PAPER_RHO["xsam"] * 2 if config.adaptive else 2 * rho
+
+
+def parse_variant(text: str) -> dict[str, Any]:
+    """The config fields of a variant label ``method[+adaptive][+late=F]``.
+
+    Args:
+      text: e.g. ``"xsam"``, ``"asam"``, ``"xsam+adaptive"``, ``"sam+late=0.75"``,
+        ``"xsam+late"`` (the late phase of `ALIASES`, from 80 % of training).
+
+    Returns:
+      The fields it sets: ``optimizer`` and possibly ``adaptive`` and ``late_phase_start``.
+
+    Raises:
+      ValueError: for an unknown method or modifier, naming the allowed ones.
+    """
+    name, *modifiers = text.split("+")
+    if name not in OPTIMIZERS:
+        raise ValueError(
+            f"unknown method {name!r} in {text!r}; choose from "
+            f"{', '.join(OPTIMIZERS)} with modifiers +adaptive, +late=F"
+        )
+    fields: dict[str, Any] = {"optimizer": name}
+    for modifier in modifiers:
+        key, _, value = modifier.partition("=")
+        if key == "adaptive" and not value:
+            fields["adaptive"] = True
+        elif key == "late":
+            try:
+                fields["late_phase_start"] = float(value) if value else 0.8
+            except ValueError:
+                message = f"+late=F needs a fraction F, got {modifier!r} in {text!r}"
+                raise ValueError(message) from None
+        else:
+            raise ValueError(f"unknown modifier {modifier!r} in {text!r}; use +adaptive or +late=F")
+    return fields

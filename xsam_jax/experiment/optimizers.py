@@ -1,0 +1,82 @@
+"""The optimizer of a run: its method chained before weight decay and SGD with momentum."""
+
+from __future__ import annotations
+
+import numpy as np
+import optax
+
+import xsam_jax as xs
+from xsam_jax.experiment.config import TrainConfig, default_radii
+
+
+def rho_schedule(config: TrainConfig, steps_per_epoch: int) -> float | optax.Schedule:
+    """The ρ the method is built with: a float, or with a late phase a `late_phase` schedule.
+
+    A late phase trains with SGD until step ⌊late_phase_start · epochs · steps_per_epoch⌋ and
+    with the method from that step on; "sgd" has ρ = 0.
+    """
+    rho, _ = default_radii(config)
+    if rho is None:
+        return 0.0
+    if config.late_phase_start is not None:
+        total = config.epochs * steps_per_epoch
+        return xs.late_phase(rho, int(config.late_phase_start * total))
+    return rho
+
+
+def make_optimizer(
+    config: TrainConfig,
+    steps_per_epoch: int,
+    *,
+    axis_name: str | None = None,
+    local_perturbation: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """The method chained before weight decay and SGD with momentum and a cosine schedule."""
+    total = config.epochs * steps_per_epoch
+    schedule = optax.cosine_decay_schedule(config.lr, total)
+    base = [
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(schedule, momentum=config.momentum or None),
+    ]
+    if config.optimizer == "sgd":
+        return optax.chain(*base)
+    rho = rho_schedule(config, steps_per_epoch)
+    _, rho_max = default_radii(config)
+    shared = {
+        "ascent_steps": config.ascent_steps,
+        "adaptive": config.adaptive,
+        "axis_name": axis_name,
+        "local_perturbation": local_perturbation,
+    }
+    if config.optimizer == "xsam":
+        every = config.search_every or steps_per_epoch
+        method = xs.xsam(rho, rho_max, search_every=every, **shared)
+    elif config.optimizer == "sam":
+        method = xs.sam(rho, **shared)
+    elif config.optimizer == "gsam":
+        method = xs.gsam(rho, config.gsam_alpha, **shared)
+    else:
+        method = xs.wsam(rho, config.wsam_gamma, **shared)
+    return optax.chain(method, *base)
+
+
+def perturb_plan(config: TrainConfig, steps_per_epoch: int) -> np.ndarray:
+    """Which steps take the ascent's gradients, per step (see `xsam_jax.perturbed_steps`)."""
+    total = config.epochs * steps_per_epoch
+    return xs.perturbed_steps(rho_schedule(config, steps_per_epoch), total)
+
+
+def cost(config: TrainConfig, plan: np.ndarray, steps_per_epoch: int) -> dict[str, int]:
+    """Forward-backward passes (gradients) and forward-only passes (XSAM probes) of a run.
+
+    Every step takes the clean gradient; a perturbed step takes ``ascent_steps`` more; XSAM
+    evaluates one forward pass per α candidate on each search step that is perturbed.
+    """
+    perturbed = int(np.sum(plan))
+    gradients = int(plan.size) + config.ascent_steps * perturbed
+    forwards = 0
+    if config.optimizer == "xsam":
+        every = config.search_every or steps_per_epoch
+        steps = np.arange(plan.size)
+        forwards = int(np.sum(plan & (steps % every == 0))) * len(xs.alpha_grid(2.0, 0.1))
+    return {"gradient_evaluations": gradients, "probe_evaluations": forwards}
