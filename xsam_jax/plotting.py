@@ -375,6 +375,23 @@ def plot_training_curves(
     return _finish(fig, title, path)
 
 
+def _bands(ax, curves: Mapping[str, Sequence[Sequence[float | None]]], name: str) -> None:
+    """Mean ± one standard deviation over seeds per label; None entries leave gaps."""
+    for i, (label, runs) in enumerate(curves.items()):
+        values = np.array([[np.nan if v is None else v for v in run] for run in runs], np.float64)
+        if values.ndim != 2 or values.shape[1] == 0:
+            raise InvalidArgumentError(
+                f"{name}[{label!r}]", "equal-length, non-empty curves", f"shape {values.shape}"
+            )
+        epochs = np.arange(1, values.shape[1] + 1)
+        mean = np.nanmean(values, axis=0) if np.isfinite(values).any() else values[0]
+        spread = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
+        ax.plot(epochs, mean, color=f"C{i}", label=f"{label} ({len(values)} seeds)")
+        ax.fill_between(epochs, mean - spread, mean + spread, color=f"C{i}", alpha=0.2, linewidth=0)
+    _epoch_axis(ax)
+    ax.grid(alpha=0.3)
+
+
 def plot_accuracy_bands(
     curves: Mapping[str, Sequence[Sequence[float]]],
     *,
@@ -397,19 +414,81 @@ def plot_accuracy_bands(
     if not curves:
         raise ValueError("curves must hold at least one variant, got none")
     fig, (ax,) = _figure()
-    for i, (label, runs) in enumerate(curves.items()):
-        values = np.asarray(runs, np.float64)
-        if values.ndim != 2 or values.shape[1] == 0:
-            raise InvalidArgumentError(
-                f"curves[{label!r}]", "equal-length, non-empty curves", f"shape {values.shape}"
-            )
-        epochs = np.arange(1, values.shape[1] + 1)
-        mean = values.mean(axis=0)
-        spread = values.std(axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
-        ax.plot(epochs, mean, color=f"C{i}", label=f"{label} ({len(values)} seeds)")
-        ax.fill_between(epochs, mean - spread, mean + spread, color=f"C{i}", alpha=0.2, linewidth=0)
+    _bands(ax, curves, "curves")
     ax.set_ylabel(ylabel)
-    _epoch_axis(ax)
+    ax.legend()
+    return _finish(fig, title, path)
+
+
+def plot_curve_panels(
+    curves: Mapping[str, Mapping[str, Sequence[Sequence[float | None]]]],
+    ylabels: Mapping[str, str],
+    *,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Several per-epoch quantities side by side, each as mean ± sd bands over seeds.
+
+    Args:
+      curves: panel name -> variant label -> one curve per seed (None entries are gaps, e.g.
+        epochs before a first XSAM search).
+      ylabels: panel name -> its y-axis label; the panels appear in this order.
+      title: optional figure title.
+      path: optional output file.
+
+    Returns:
+      The figure.
+    """
+    if not ylabels:
+        raise ValueError("ylabels must name at least one panel, got none")
+    fig, axes = _figure(ncols=len(ylabels), width=3.8)
+    for ax, (name, ylabel) in zip(axes, ylabels.items(), strict=True):
+        _bands(ax, curves[name], name)
+        ax.set_ylabel(ylabel)
+    axes[0].legend(fontsize="small")
+    return _finish(fig, title, path)
+
+
+def plot_tradeoff(
+    series: Mapping[str, Sequence[tuple[float, Sequence[float]]]],
+    *,
+    xlabel: str,
+    ylabel: str,
+    log_x: bool = False,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Accuracy against a cost or a setting: per label, points with 95 % interval bars.
+
+    Args:
+      series: label -> points (x, per-seed values); a label's points are joined by a line.
+      xlabel: the x-axis label (e.g. "gradient evaluations per run").
+      ylabel: the y-axis label.
+      log_x: a logarithmic x axis.
+      title: optional figure title.
+      path: optional output file.
+
+    Returns:
+      The figure.
+    """
+    from xsam_jax._src.stats import mean_ci95
+
+    if not series:
+        raise ValueError("series must hold at least one label, got none")
+    fig, (ax,) = _figure(width=5.5)
+    for i, (label, points) in enumerate(series.items()):
+        points = sorted(points, key=lambda p: p[0])
+        xs = [x for x, _ in points]
+        stats = [mean_ci95(values) for _, values in points]
+        means = [m for m, _ in stats]
+        halves = [h if np.isfinite(h) else 0.0 for _, h in stats]
+        ax.errorbar(
+            xs, means, yerr=halves, fmt="-o", markersize=4, capsize=3, color=f"C{i}", label=label
+        )
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
     return _finish(fig, title, path)

@@ -20,7 +20,6 @@ import math
 
 import numpy as np
 from numpy.typing import ArrayLike
-from scipy import stats
 
 _CONFIDENCE = 0.95
 
@@ -55,6 +54,8 @@ def mean_ci95(values: ArrayLike) -> tuple[float, float]:
     n = x.size
     if n == 1:
         return mean, math.nan
+    from scipy import stats  # imported here: scipy.stats takes seconds to import
+
     quantile = stats.t.ppf(0.5 + _CONFIDENCE / 2, df=n - 1)
     return mean, float(quantile * x.std(ddof=1) / math.sqrt(n))
 

@@ -1,0 +1,134 @@
+"""The study: its smoke version end to end, the tuning split, the cache, and the README tables."""
+
+import dataclasses
+import json
+import pathlib
+
+import numpy as np
+import pytest
+
+from xsam_jax import data, experiment, study
+from xsam_jax.study import report, runs, spec
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """The smoke study, with every test-split read during tuning recorded."""
+    out = tmp_path_factory.mktemp("study")
+    reads = []
+    original = data.Dataset.arrays
+
+    def arrays(self, split):
+        reads.append((split, tuning[0]))
+        return original(self, split)
+
+    tuning = [True]
+    stages = study.stages.Study
+
+    class Recorded(stages):
+        def final(self, *args):
+            tuning[0] = False
+            return super().final(*args)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data.Dataset, "arrays", arrays)
+        patch.setattr(study, "Study", Recorded)
+        results = study.run_study(spec.smoke_plan(), out / "out", cache=out / "cache")
+    return results, out, reads
+
+
+def test_tuning_never_reads_the_test_split(smoke):
+    _, _, reads = smoke
+    assert ("val", True) in reads  # tuning evaluated on validation data...
+    assert ("test", True) not in reads  # ...and never on test data
+    assert ("test", False) in reads  # the final runs do
+
+
+def test_the_choice_is_the_best_mean_validation_accuracy(smoke):
+    results, out, _ = smoke
+    plan = spec.smoke_plan()
+    setting = plan.settings[0]
+    cache = runs.Cache(out / "cache")
+    for method in plan.methods:
+        entry = results["tuning"][setting.name][method.label]
+        means = []
+        for params, point in zip(method.grid, entry["points"], strict=True):
+            # Read the stored runs back independently of the stage's bookkeeping.
+            accuracies = [
+                cache.get(runs.Job(study.stages.config_for(setting, method, params, seed)))[
+                    "final_val_accuracy"
+                ]
+                for seed in plan.tuning_seeds
+            ]
+            assert point["val_accuracies"] == accuracies
+            means.append(np.mean(accuracies))
+        assert entry["choice"] == method.grid[int(np.argmax(means))]
+        final = results["final"][setting.name][method.label]
+        assert final["params"] == entry["choice"]
+        assert [r["config"]["seed"] for r in final["runs"]] == list(plan.final_seeds)
+        # Final runs carry the diagnostics and the curves the figures draw.
+        assert all(
+            np.isfinite(r["lambda_max"]) and len(r["curves"]["test_accuracy"]) == 2
+            for r in final["runs"]
+        )
+
+
+def test_late_phase_and_multistep_reuse_the_final_runs(smoke):
+    results, _, _ = smoke
+    name = spec.smoke_plan().settings[0].name
+    full_sam = [
+        {k: v for k, v in r.items() if k != "curves"} for r in results["final"][name]["sam"]["runs"]
+    ]
+    assert results["late_phase"]["sam"]["0.0"] == full_sam
+    assert results["multistep"]["sam"]["1"] == full_sam
+    late = results["late_phase"]["sam"]["0.5"]
+    # Half the steps take one gradient, half take two.
+    steps = full_sam[0]["gradient_evaluations"] // 2
+    assert all(r["gradient_evaluations"] == steps + steps // 2 for r in late)
+
+
+def test_rerunning_trains_nothing_and_writes_the_same_results(smoke, monkeypatch):
+    results, out, _ = smoke
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a cached run was trained again")
+
+    monkeypatch.setattr(runs, "_train", no_training)
+    again = study.run_study(spec.smoke_plan(), out / "again", cache=out / "cache")
+    for key in ("tuning", "final", "multistep", "late_phase"):
+        assert again[key] == results[key]
+    assert (out / "again" / "tables.md").read_text() == (out / "out" / "tables.md").read_text()
+    for name in (
+        "accuracy-digits-mlp.png",
+        "geometry-digits-mlp.png",
+        "late-phase.png",
+        "multistep.png",
+    ):
+        assert (out / "again" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_cache_key_follows_the_resolved_config():
+    base = experiment.TrainConfig(dataset="digits", model="mlp", optimizer="xsam")
+    key = runs.Job(base).key()
+    # Spelling out a default is the same run; changing anything else is another.
+    assert runs.Job(dataclasses.replace(base, rho=0.15, rho_max=0.3)).key() == key
+    assert runs.Job(dataclasses.replace(base, rho=0.1)).key() != key
+    assert runs.Job(dataclasses.replace(base, seed=1)).key() != key
+    assert runs.Job(base, test=True).key() != key
+
+
+def test_every_method_has_a_grid_of_the_same_size():
+    assert {len(m.grid) for m in spec.METHODS} == {spec.GRID_SIZE}
+    assert not set(spec.TUNING_SEEDS) & set(spec.FINAL_SEEDS)
+
+
+def test_readme_tables_are_the_committed_results():
+    path = ROOT / "benchmarks" / "results" / "study" / "results.json"
+    if not path.exists():
+        pytest.skip("the study's results are not committed yet")
+    results = json.loads(path.read_text())
+    readme = (ROOT / "README.md").read_text()
+    assert study.readme_with_tables(readme, report.tables(results)) == readme
+    assert "<!-- study:results-mnist1d-cnn1d_wide -->" in readme
