@@ -8,11 +8,12 @@ reference tree, so updates keep the dtype of the gradients they replace.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-PyTree = object
+PyTree = Any  # the one alias of the package: any nest of arrays (params, gradients, state)
 
 
 def vdot(a: PyTree, b: PyTree) -> jax.Array:

@@ -9,10 +9,10 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from xsam_jax._src import ascent, tree_math
+from xsam_jax._src import ascent, search, tree_math
 from xsam_jax._src.base import cast_like, check_perturb, gate_on_radius
 from xsam_jax._src.parallel import Averaging
-from xsam_jax._src.slerp import alpha_grid, slerp_coefficients
+from xsam_jax._src.slerp import alpha_grid
 from xsam_jax._src.validation import (
     as_schedule,
     check_positive_int,
@@ -171,28 +171,13 @@ def xsam(
             cos_psi=jnp.asarray(jnp.nan, jnp.float32),
         )
 
-    def search(loss_fn, params, chord, g_k, chord_norm, grad_norm, cos_psi, radius, state):
-        grid = jnp.asarray(alphas)
-        a, b = slerp_coefficients(grid, cos_psi)
-        coefficients = jnp.stack(
-            [radius * a / (chord_norm + eps), radius * b / (grad_norm + eps)], axis=1
-        )
-
-        def probe(c):
-            point = tree_math.add_scaled(params, [c[0], c[1]], [chord, g_k])
-            return jnp.asarray(loss_fn(point), jnp.float32)
-
+    def search_alpha(loss_fn, params, plane, radius, state):
         chunk = search_chunk
         if chunk is None and jax.default_backend() == "cpu":
             chunk = 1
-        if chunk is None:
-            losses = jax.vmap(probe)(coefficients)
-        else:
-            losses = lax.map(probe, coefficients, batch_size=chunk)
+        losses = search.probe_losses(loss_fn, params, plane, jnp.asarray(alphas), radius, chunk)
         losses = averaging.mean(losses)
-        finite = jnp.isfinite(losses)
-        best = jnp.argmax(jnp.where(finite, losses, -jnp.inf))
-        return jnp.where(finite.any(), grid[best], state.alpha), losses
+        return search.first_finite_argmax(jnp.asarray(alphas), losses, state.alpha), losses
 
     def update_fn(updates, state, params=None, *, loss_fn=None, perturb=None, **extra_args):
         del extra_args  # The ExtraArgs contract: accept and ignore what others need.
@@ -204,34 +189,26 @@ def xsam(
 
         def perturbed():
             g_k, chord = ascent.ascend(averaging.gradient(loss_fn), params, g0, rho_now, config)
-            chord_norm, grad_norm = tree_math.norm(chord), tree_math.norm(g_k)
-            cos_psi = tree_math.vdot(chord, g_k) / ((chord_norm + eps) * (grad_norm + eps))
+            plane = search.ascent_plane(chord, g_k, eps)
             if search_every is None:
                 alpha, losses = state.alpha, state.alpha_losses
             else:
                 alpha, losses = lax.cond(
                     (state.count % search_every == 0) & (radius > 0),
-                    lambda: search(
-                        loss_fn, params, chord, g_k, chord_norm, grad_norm, cos_psi, radius, state
-                    ),
+                    lambda: search_alpha(loss_fn, params, plane, radius, state),
                     lambda: (state.alpha, state.alpha_losses),
                 )
-            a, b = slerp_coefficients(alpha, cos_psi)
-            # ‖g_k‖·v(α) = ‖g_k‖·a·chord/‖chord‖ + b·g_k; written so that α = 1 gives g_k exactly.
-            direction = tree_math.combine(
-                [a * grad_norm / (chord_norm + eps), b * grad_norm / (grad_norm + eps)],
-                [chord, g_k],
-                like=updates,
-            )
+            # ‖g_k‖·v(α*): one fused combination of the chord and g_k (α = 1 gives g_k exactly).
+            coefficients = search.along(plane, alpha, plane.grad_norm)
+            direction = tree_math.combine(coefficients, [chord, g_k], like=updates)
+            cos_psi = plane.cos_psi
             return averaging.output(direction), alpha, losses, averaging.output(cos_psi)
 
         def clean():
             g = cast_like(averaging.output(g0), updates)
             return g, state.alpha, state.alpha_losses, state.cos_psi
 
-        direction, alpha, losses, cos_psi = gate_on_radius(
-            rho, rho_now, perturbed, clean, perturb
-        )
+        direction, alpha, losses, cos_psi = gate_on_radius(rho, rho_now, perturbed, clean, perturb)
         new_state = XSAMState(
             count=optax.safe_increment(state.count),
             alpha=alpha,
