@@ -60,8 +60,7 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from xsam_jax._src import tree_math
-
-PyTree = Any
+from xsam_jax._src.tree_math import PyTree
 
 _METHODS = ("lanczos", "power")
 

@@ -31,9 +31,9 @@ import jax
 import jax.numpy as jnp
 
 from xsam_jax._src import tree_math
+from xsam_jax._src.tree_math import PyTree
 from xsam_jax._src.validation import check_positive_int, check_range, static_value
 
-PyTree = Any
 Mask = PyTree | Callable[[PyTree], PyTree] | None
 
 
@@ -162,16 +162,17 @@ def ascent_step_direction(g: PyTree, scale: PyTree | None, cfg: AscentConfig) ->
 def ascend(
     grad_fn: Callable[[PyTree], PyTree],
     params: PyTree,
-    g0: PyTree,
+    start: PyTree,
     rho: jax.Array,
     cfg: AscentConfig,
 ) -> tuple[PyTree, PyTree]:
-    """Run the ascent from `params` whose gradient there is `g0`.
+    """Run the ascent from `params`, its first step along `start`.
 
     Args:
       grad_fn: p -> gradient of the loss at p (already averaged as the policy says).
       params: the current parameters θ.
-      g0: the gradient at θ (not recomputed).
+      start: what the first step follows in place of a gradient at θ: the clean gradient g0
+        for SAM (it is not recomputed), another direction for methods that steer the ascent.
       rho: total ascent length ρ (each step has length ρ/k).
       cfg: the static ascent configuration.
 
@@ -181,7 +182,7 @@ def ascend(
     """
     scale = adaptive_scale(params, cfg) if cfg.adaptive else None
     step = rho / cfg.steps
-    chord = jax.tree.map(lambda d: step * d, ascent_step_direction(g0, scale, cfg))
+    chord = jax.tree.map(lambda d: step * d, ascent_step_direction(start, scale, cfg))
     for _ in range(cfg.steps - 1):
         g = grad_fn(tree_math.add_scaled(params, [1.0], [chord]))
         chord = jax.tree.map(lambda c, d: c + step * d, chord, ascent_step_direction(g, scale, cfg))

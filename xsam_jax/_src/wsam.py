@@ -6,9 +6,8 @@ from typing import Any
 
 import optax
 
-from xsam_jax._src import ascent, tree_math
-from xsam_jax._src.base import sharpness_aware
-from xsam_jax._src.parallel import Averaging
+from xsam_jax._src import tree_math
+from xsam_jax._src.base import Method, shared_options, sharpness_aware
 from xsam_jax._src.validation import check_range, static_value
 
 
@@ -52,23 +51,15 @@ def wsam(
       Regularization Term <https://arxiv.org/abs/2305.15817>`_, KDD 2023.
     """
     check_range("gamma", gamma, low=0.0, high=1.0, high_open=True)
-    config = ascent.make_config(
-        ascent_steps=ascent_steps,
-        norm=norm,
-        normalize=normalize,
-        adaptive=adaptive,
-        eta=eta,
-        adaptive_mask=adaptive_mask,
-        eps=eps,
-    )
+    options = shared_options(locals())
     clean_weight = (1.0 - 2.0 * gamma) / (1.0 - gamma)
     sharp_weight = gamma / (1.0 - gamma)
 
-    def combine(g0, g_p):
-        return tree_math.combine([clean_weight, sharp_weight], [g0, g_p], like=g0)
+    def output(climb, state, step):
+        del step
+        g0, g_p = climb.g0, climb.g_k
+        return tree_math.combine([clean_weight, sharp_weight], [g0, g_p], like=g0), state
 
     # gamma == 0 is the clean gradient: skip the ascent entirely.
     radius = 0.0 if static_value(gamma) == 0.0 else rho
-    return sharpness_aware(
-        "wsam", radius, config, Averaging(axis_name, local_perturbation), combine
-    )
+    return sharpness_aware(Method("wsam", output), radius, options)

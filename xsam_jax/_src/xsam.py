@@ -9,16 +9,14 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from xsam_jax._src import ascent, search, tree_math
-from xsam_jax._src.base import cast_like, check_perturb, gate_on_radius
-from xsam_jax._src.parallel import Averaging
+from xsam_jax._src import search, tree_math
+from xsam_jax._src.base import Method, shared_options, sharpness_aware
 from xsam_jax._src.slerp import alpha_grid
 from xsam_jax._src.validation import (
     as_schedule,
     check_positive_int,
     check_radius,
     check_range,
-    require_extra_args,
     static_value,
 )
 
@@ -144,77 +142,61 @@ def xsam(
       Chen & Zhou, `Revisiting Sharpness-Aware Minimization: A More Faithful and Effective
       Implementation <https://arxiv.org/abs/2603.10048>`_, ICLR 2026.
     """
-    check_radius("rho", rho)
     check_radius("rho_max", rho_max)
-    alphas = _static_grid(alpha_max, alpha_step)
+    grid = _static_grid(alpha_max, alpha_step)
     if search_every is not None:
         check_positive_int("search_every", search_every)
     if search_chunk is not None:
         check_positive_int("search_chunk", search_chunk)
     check_range("alpha_init", alpha_init)
-    config = ascent.make_config(
-        ascent_steps=ascent_steps,
-        adaptive=adaptive,
-        eta=eta,
-        adaptive_mask=adaptive_mask,
-        eps=eps,
-    )
-    averaging = Averaging(axis_name, local_perturbation)
-    rho_fn, rho_max_fn = as_schedule(rho), as_schedule(rho_max)
+    options = shared_options(locals())
+    method = _xsam_method(grid, rho_max, search_every, alpha_init, search_chunk, eps)
+    return sharpness_aware(method, rho, options)
 
-    def init_fn(params: Any) -> XSAMState:
+
+def _xsam_method(
+    grid: Any,
+    rho_max: Any,
+    search_every: int | None,
+    alpha_init: Any,
+    search_chunk: int | None,
+    eps: Any,
+) -> Method:
+    """XSAM as a `Method`: α* lives in the state, and the output step runs the search."""
+    rho_max_fn = as_schedule(rho_max)
+
+    def init(params: Any) -> XSAMState:
         del params
         return XSAMState(
             count=jnp.zeros([], jnp.int32),
             alpha=jnp.asarray(alpha_init, jnp.float32),
-            alpha_losses=jnp.full(alphas.shape, jnp.nan, jnp.float32),
+            alpha_losses=jnp.full(grid.shape, jnp.nan, jnp.float32),
             cos_psi=jnp.asarray(jnp.nan, jnp.float32),
         )
 
-    def search_alpha(loss_fn, params, plane, radius, state):
+    def search_alpha(plane, radius, state, step):
         chunk = search_chunk
         if chunk is None and jax.default_backend() == "cpu":
             chunk = 1
-        losses = search.probe_losses(loss_fn, params, plane, jnp.asarray(alphas), radius, chunk)
-        losses = averaging.mean(losses)
-        return search.first_finite_argmax(jnp.asarray(alphas), losses, state.alpha), losses
+        alphas = jnp.asarray(grid)
+        losses = search.probe_losses(step.loss_fn, step.params, plane, alphas, radius, chunk)
+        losses = step.averaging.mean(losses)  # α* is the same on every replica
+        return search.first_finite_argmax(alphas, losses, state.alpha), losses
 
-    def update_fn(updates, state, params=None, *, loss_fn=None, perturb=None, **extra_args):
-        del extra_args  # The ExtraArgs contract: accept and ignore what others need.
-        check_perturb(perturb)
-        if static_value(rho) != 0.0:
-            require_extra_args("xsam", loss_fn, params)
-        g0 = averaging.incoming(updates)
-        rho_now, radius = rho_fn(state.count), rho_max_fn(state.count)
+    def output(climb, state, step):
+        plane = search.ascent_plane(climb.chord, climb.g_k, eps)
+        alpha, losses = state.alpha, state.alpha_losses
+        if search_every is not None:
+            radius = rho_max_fn(state.count)
+            alpha, losses = lax.cond(
+                (state.count % search_every == 0) & (radius > 0),
+                lambda: search_alpha(plane, radius, state, step),
+                lambda: (alpha, losses),
+            )
+        # ‖g_k‖·v(α*): one fused combination of the chord and g_k (α = 1 gives g_k exactly).
+        coefficients = search.along(plane, alpha, plane.grad_norm)
+        direction = tree_math.combine(coefficients, [climb.chord, climb.g_k], like=climb.g0)
+        cos_psi = step.averaging.output(plane.cos_psi)
+        return direction, state._replace(alpha=alpha, alpha_losses=losses, cos_psi=cos_psi)
 
-        def perturbed():
-            g_k, chord = ascent.ascend(averaging.gradient(loss_fn), params, g0, rho_now, config)
-            plane = search.ascent_plane(chord, g_k, eps)
-            if search_every is None:
-                alpha, losses = state.alpha, state.alpha_losses
-            else:
-                alpha, losses = lax.cond(
-                    (state.count % search_every == 0) & (radius > 0),
-                    lambda: search_alpha(loss_fn, params, plane, radius, state),
-                    lambda: (state.alpha, state.alpha_losses),
-                )
-            # ‖g_k‖·v(α*): one fused combination of the chord and g_k (α = 1 gives g_k exactly).
-            coefficients = search.along(plane, alpha, plane.grad_norm)
-            direction = tree_math.combine(coefficients, [chord, g_k], like=updates)
-            cos_psi = plane.cos_psi
-            return averaging.output(direction), alpha, losses, averaging.output(cos_psi)
-
-        def clean():
-            g = cast_like(averaging.output(g0), updates)
-            return g, state.alpha, state.alpha_losses, state.cos_psi
-
-        direction, alpha, losses, cos_psi = gate_on_radius(rho, rho_now, perturbed, clean, perturb)
-        new_state = XSAMState(
-            count=optax.safe_increment(state.count),
-            alpha=alpha,
-            alpha_losses=losses,
-            cos_psi=cos_psi,
-        )
-        return direction, new_state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return Method("xsam", output, init)
