@@ -102,11 +102,14 @@ def slerp(v0: np.ndarray, v1: np.ndarray, alpha: float) -> np.ndarray:
     return (np.sin((1 - alpha) * psi) * v0 + np.sin(alpha * psi) * v1) / np.sin(psi)
 
 
-def xsam_step(w, rho, rho_max, alpha, grid=None, k=1, loss=loss_np, grad=grad_np):
-    """One XSAM step: returns (direction, alpha*, probe losses or None, cos psi)."""
+def xsam_step(w, rho, rho_max, alpha, grid=None, k=1, loss=loss_np, grad=grad_np, eps=0.0):
+    """One XSAM step: returns (direction, alpha*, probe losses or None, cos psi).
+
+    `eps` is added to the norms of v0 and v1 as in the authors' code (it matters at 1e-11).
+    """
     g_k, chord = ascent(w, rho, k, grad=grad)
-    v0 = chord / np.linalg.norm(chord)
-    v1 = g_k / np.linalg.norm(g_k)
+    v0 = chord / (np.linalg.norm(chord) + eps)
+    v1 = g_k / (np.linalg.norm(g_k) + eps)
     losses = None
     if grid is not None:
         losses = np.array([loss(w + rho_max * slerp(v0, v1, a)) for a in grid])

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from xsam_jax._src import ascent
+from xsam_jax._src import ascent, tree_math
 from xsam_jax._src.parallel import Averaging
 from xsam_jax._src.tree_math import PyTree
 from xsam_jax._src.validation import (
@@ -207,6 +207,8 @@ def sharpness_aware(
     ``loss_fn`` (starting along ``method.ascent_start(g0, state)``) and return
     ``method.output``; else return ``method.clean`` without any extra gradient. The result is
     averaged over replicas as ``options.averaging`` says and cast to the gradients' dtypes.
+    ρ_t and everything derived from it are in the gradients' computation dtype (float32, or
+    float64 for float64 gradients; see `tree_math`).
 
     Args:
       method: the method's own functions.
@@ -228,7 +230,7 @@ def sharpness_aware(
         if static_value(rho) != 0.0:
             require_extra_args(method.name, loss_fn, params)
         g0 = averaging.incoming(updates)
-        rho_now = rho_fn(state.count)
+        rho_now = rho_fn(state.count).astype(tree_math.compute_dtype(updates))
 
         def finish(direction_and_state):
             direction, new_state = direction_and_state

@@ -26,10 +26,12 @@ class XSAMState(NamedTuple):
 
     Attributes:
       count: number of `update` calls so far (int32); decides search steps and ρ schedules.
-      alpha: α* in use (float32); the last search's winner, or ``alpha_init`` before it.
+      alpha: α* in use; the last search's winner, or ``alpha_init`` before it.
       alpha_losses: probe losses L(θ + ρ_max·v(α)) of the last search, one per grid point
-        (float32, NaN before the first search); plot them against `alphas` of the grid.
-      cos_psi: cos ψ = <v0, v1> of the last step that climbed (float32, NaN before it).
+        (NaN before the first search); plot them against `alphas` of the grid.
+      cos_psi: cos ψ = <v0, v1> of the last step that climbed (NaN before it).
+
+    The floats are in the params' computation dtype: float32, or float64 for float64 params.
     """
 
     count: jax.Array
@@ -166,19 +168,19 @@ def _xsam_method(
     rho_max_fn = as_schedule(rho_max)
 
     def init(params: Any) -> XSAMState:
-        del params
+        dtype = tree_math.compute_dtype(params)
         return XSAMState(
             count=jnp.zeros([], jnp.int32),
-            alpha=jnp.asarray(alpha_init, jnp.float32),
-            alpha_losses=jnp.full(grid.shape, jnp.nan, jnp.float32),
-            cos_psi=jnp.asarray(jnp.nan, jnp.float32),
+            alpha=jnp.asarray(alpha_init, dtype),
+            alpha_losses=jnp.full(grid.shape, jnp.nan, dtype),
+            cos_psi=jnp.asarray(jnp.nan, dtype),
         )
 
     def search_alpha(plane, radius, state, step):
         chunk = search_chunk
         if chunk is None and jax.default_backend() == "cpu":
             chunk = 1
-        alphas = jnp.asarray(grid)
+        alphas = jnp.asarray(grid, plane.cos_psi.dtype)
         losses = search.probe_losses(step.loss_fn, step.params, plane, alphas, radius, chunk)
         losses = step.averaging.mean(losses)  # α* is the same on every replica
         return search.first_finite_argmax(alphas, losses, state.alpha), losses
@@ -187,7 +189,7 @@ def _xsam_method(
         plane = search.ascent_plane(climb.chord, climb.g_k, eps)
         alpha, losses = state.alpha, state.alpha_losses
         if search_every is not None:
-            radius = rho_max_fn(state.count)
+            radius = rho_max_fn(state.count).astype(plane.cos_psi.dtype)
             alpha, losses = lax.cond(
                 (state.count % search_every == 0) & (radius > 0),
                 lambda: search_alpha(plane, radius, state, step),
