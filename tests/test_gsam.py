@@ -71,3 +71,59 @@ def test_wsam_gamma_zero_takes_no_second_gradient():
     params = to_tree(W0)
     tx.update(jax.grad(loss_jax)(params), tx.init(params), params, loss_fn=counting_loss)
     assert calls == []
+
+
+# ------------------------------------------------------------------ decoupled WSAM
+
+
+def schedule_np(t):
+    return 0.1 / (1.0 + 0.3 * t)
+
+
+def schedule(count):
+    return 0.1 / (1.0 + 0.3 * count)
+
+
+def run_trajectory(tx, steps):
+    params = to_tree(W0)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        updates, state = tx.update(jax.grad(loss_jax)(params), state, params, loss_fn=loss_jax)
+        return optax.apply_updates(params, updates), state
+
+    out = []
+    for _ in range(steps):
+        params, state = step(params, state)
+        out.append(to_vec(params))
+    return out, state
+
+
+@pytest.mark.parametrize("gamma", [0.3, 0.9])
+def test_wsam_decoupled_matches_reference(gamma):
+    """The base optimizer (weight decay, momentum) sees g0 only; the sharpness step is plain.
+
+    Written from Yue et al. (2023), Alg. 1 with decouple=True: w <- w - lr_t (momentum buffer
+    of g0 + wd w) - lr_t γ/(1-γ) (g_p - g0), with a learning-rate schedule.
+    """
+    rho, mu, wd, steps = 0.2, 0.9, 0.01, 6
+    base = optax.chain(optax.add_decayed_weights(wd), optax.sgd(schedule, momentum=mu))
+    lib, state = run_trajectory(xs.wsam_decoupled(base, schedule, rho, gamma), steps)
+    w, buf = W0.copy(), np.zeros_like(W0)
+    for t in range(steps):
+        g0, g_p = grad_np(w), ascent(w, rho)[0]
+        buf = mu * buf + g0 + wd * w
+        w = w - schedule_np(t) * buf - schedule_np(t) * gamma / (1 - gamma) * (g_p - g0)
+        np.testing.assert_allclose(lib[t], w, rtol=1e-5, atol=1e-6)
+    assert int(state.count) == steps
+
+
+def test_wsam_decoupled_with_plain_sgd_is_wsam_and_gamma_zero_is_the_base_optimizer():
+    lr, steps = 0.05, 4
+    decoupled, _ = run_trajectory(xs.wsam_decoupled(optax.sgd(lr), lr, 0.2, 0.7), steps)
+    coupled, _ = run_trajectory(optax.chain(xs.wsam(0.2, 0.7), optax.sgd(lr)), steps)
+    np.testing.assert_allclose(decoupled, coupled, rtol=1e-5, atol=1e-6)
+    base = optax.sgd(lr, momentum=0.9)
+    plain, _ = run_trajectory(xs.wsam_decoupled(base, lr, 0.2, gamma=0.0), steps)
+    np.testing.assert_array_equal(plain, run_trajectory(base, steps)[0])

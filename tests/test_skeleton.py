@@ -20,7 +20,7 @@ import xsam_jax as xs
 from xsam_jax._src import ascent, base, tree_math
 from xsam_jax._src.parallel import Averaging
 
-FACTORIES = [xs.sam, xs.asam, xs.gsam, xs.wsam, xs.xsam]
+FACTORIES = [xs.sam, xs.asam, xs.gsam, xs.wsam, xs.wsam_decoupled, xs.xsam]
 
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=lambda f: f.__name__)
