@@ -144,6 +144,7 @@ def xsam(
       Chen & Zhou, `Revisiting Sharpness-Aware Minimization: A More Faithful and Effective
       Implementation <https://arxiv.org/abs/2603.10048>`_, ICLR 2026.
     """
+    check_radius("rho", rho)  # before rho_max, which callers often derive from it
     check_radius("rho_max", rho_max)
     grid = _static_grid(alpha_max, alpha_step)
     if search_every is not None:
