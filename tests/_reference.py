@@ -20,6 +20,14 @@ C = 0.5
 W0 = _rng.normal(size=DIM)
 
 
+# A quadratic whose top curvature (10) dominates the probes at radius 0.3: XSAM's α* is
+# interior and moves from search to search along the trajectory from W_STEEP (ρ = 0.5,
+# ρ_max = 0.3, lr 0.05, momentum 0.9), with a margin of 5e-4 between the best two probes.
+H_STEEP = _Q @ np.diag([10.0, 1.0, 0.5, 0.3, 0.2, 0.1, 0.05]) @ _Q.T
+B_STEEP = _Q @ np.array([0.3, -1.0, 0.5, 0.2, -0.3, 0.1, 0.2])
+W_STEEP = np.array([1.09, -0.58, -0.94, 0.67, -0.91, -0.41, -1.24])
+
+
 def loss_np(w: np.ndarray) -> float:
     return float(0.5 * w @ A @ w + B @ w + C * np.sum(np.log(np.cosh(w))))
 
@@ -39,10 +47,29 @@ def to_vec(tree: dict) -> np.ndarray:
     )
 
 
+def _flat(tree: dict) -> jnp.ndarray:
+    """The 7-vector, in float32 for float32 and narrower params, in float64 for float64."""
+    w = jnp.concatenate([tree["kernel"].ravel(), tree["bias"]])
+    return w.astype(jnp.promote_types(w.dtype, jnp.float32))
+
+
 def loss_jax(tree: dict) -> jnp.ndarray:
-    w = jnp.concatenate([tree["kernel"].ravel(), tree["bias"]]).astype(jnp.float32)
-    a, b = jnp.asarray(A, jnp.float32), jnp.asarray(B, jnp.float32)
+    w = _flat(tree)
+    a, b = jnp.asarray(A, w.dtype), jnp.asarray(B, w.dtype)
     return 0.5 * w @ a @ w + b @ w + C * jnp.sum(jnp.log(jnp.cosh(w)))
+
+
+def steep_loss_np(w: np.ndarray) -> float:
+    return float(0.5 * w @ H_STEEP @ w + B_STEEP @ w)
+
+
+def steep_grad_np(w: np.ndarray) -> np.ndarray:
+    return H_STEEP @ w + B_STEEP
+
+
+def steep_loss_jax(tree: dict) -> jnp.ndarray:
+    w = _flat(tree)
+    return 0.5 * w @ jnp.asarray(H_STEEP, w.dtype) @ w + jnp.asarray(B_STEEP, w.dtype) @ w
 
 
 def dual(g: np.ndarray, p: float, normalize: bool = True) -> np.ndarray:
@@ -75,11 +102,14 @@ def slerp(v0: np.ndarray, v1: np.ndarray, alpha: float) -> np.ndarray:
     return (np.sin((1 - alpha) * psi) * v0 + np.sin(alpha * psi) * v1) / np.sin(psi)
 
 
-def xsam_step(w, rho, rho_max, alpha, grid=None, k=1, loss=loss_np, grad=grad_np):
-    """One XSAM step: returns (direction, alpha*, probe losses or None, cos psi)."""
+def xsam_step(w, rho, rho_max, alpha, grid=None, k=1, loss=loss_np, grad=grad_np, eps=0.0):
+    """One XSAM step: returns (direction, alpha*, probe losses or None, cos psi).
+
+    `eps` is added to the norms of v0 and v1 as in the authors' code (it matters at 1e-11).
+    """
     g_k, chord = ascent(w, rho, k, grad=grad)
-    v0 = chord / np.linalg.norm(chord)
-    v1 = g_k / np.linalg.norm(g_k)
+    v0 = chord / (np.linalg.norm(chord) + eps)
+    v1 = g_k / (np.linalg.norm(g_k) + eps)
     losses = None
     if grid is not None:
         losses = np.array([loss(w + rho_max * slerp(v0, v1, a)) for a in grid])

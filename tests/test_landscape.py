@@ -10,8 +10,11 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from _reference import W_STEEP, steep_loss_jax
 
+import xsam_jax as xs
 from xsam_jax import landscape as ls
 
 DIM = 7
@@ -152,6 +155,34 @@ def test_alpha_curve_at_a_stationary_point_is_flat_and_finite():
     assert np.isfinite(float(curve.cos_psi))
     res = ls.proposition1(quadratic, to_tree(np.zeros(DIM)), [0.1], alphas=[0.5])
     assert np.isfinite(res.along_alpha).all()
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_alpha_curve_is_what_xsam_records(steps):
+    """Along an XSAM trajectory whose α* is interior and moves, the analysis sees the search."""
+    rho, rho_max = 0.5, 0.3
+    tx = optax.chain(
+        xs.xsam(rho, rho_max, ascent_steps=steps, search_every=1), optax.sgd(0.05, momentum=0.9)
+    )
+    params = to_tree(W_STEEP)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(steep_loss_jax)(params)
+        updates, state = tx.update(grads, state, params, loss_fn=steep_loss_jax)
+        return optax.apply_updates(params, updates), state
+
+    searched = []
+    for _ in range(4):
+        curve = ls.alpha_curve(steep_loss_jax, params, rho=rho, rho_max=rho_max, ascent_steps=steps)
+        params, state = step(params, state)
+        recorded = state[0]
+        np.testing.assert_allclose(curve.losses, recorded.alpha_losses, rtol=1e-6)
+        assert float(curve.alpha_star) == float(recorded.alpha)
+        assert float(curve.cos_psi) == pytest.approx(float(recorded.cos_psi), abs=1e-6)
+        searched.append(float(recorded.alpha))
+    assert len(set(searched)) > 1 and all(0.0 < a < 2.0 for a in searched), searched
 
 
 # ---------------------------------------------------------------- interpolation

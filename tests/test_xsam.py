@@ -5,7 +5,21 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _reference import W0, ascent, grad_np, loss_jax, loss_np, slerp, to_tree, to_vec, xsam_step
+from _reference import (
+    W0,
+    W_STEEP,
+    ascent,
+    grad_np,
+    loss_jax,
+    loss_np,
+    slerp,
+    steep_grad_np,
+    steep_loss_jax,
+    steep_loss_np,
+    to_tree,
+    to_vec,
+    xsam_step,
+)
 
 import xsam_jax as xs
 
@@ -199,3 +213,62 @@ def test_initial_state_marks_missing_diagnostics():
     assert float(state.alpha) == pytest.approx(0.3) and int(state.count) == 0
     assert state.alpha_losses.shape == (21,) and np.all(np.isnan(np.asarray(state.alpha_losses)))
     assert np.isnan(float(state.cos_psi))
+
+
+def test_no_search_while_rho_max_is_zero():
+    """Runtime count of loss evaluations: g_k only while ρ_max is 0, then g_k and 21 probes."""
+    evaluations = []
+
+    def counted(p):
+        jax.debug.callback(lambda: evaluations.append(1))
+        return loss_jax(p)
+
+    def per_step(tx, steps):
+        params = to_tree(W0)
+        state = tx.init(params)
+        step = jax.jit(lambda s: tx.update(jax.grad(loss_jax)(params), s, params, loss_fn=counted))
+        counts = []
+        for _ in range(steps):
+            before = len(evaluations)
+            _, state = step(state)
+            jax.effects_barrier()
+            counts.append(len(evaluations) - before)
+        return counts, state
+
+    counts, state = per_step(xs.xsam(0.15, 0.0), 2)
+    assert counts == [1, 1]
+    assert float(state.alpha) == 1.0 and np.all(np.isnan(np.asarray(state.alpha_losses)))
+    radius = lambda count: jnp.where(count >= 2, 0.6, 0.0)  # traced: decided at run time
+    counts, state = per_step(xs.xsam(0.15, radius), 3)
+    assert counts == [1, 1, 1 + len(GRID)]
+    _, alpha, losses, _ = xsam_step(W0, 0.15, 0.6, 1.0, GRID)
+    np.testing.assert_allclose(np.asarray(state.alpha_losses), losses, rtol=1e-5)
+    assert float(state.alpha) == pytest.approx(alpha, abs=1e-6)
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_interior_alpha_star_is_searched_on_the_right_steps(every):
+    """α* moves inside the grid from search to search: a periodic search is visible."""
+    rho, rho_max, mu, steps = 0.5, 0.3, 0.9, 7
+    tx = optax.chain(xs.xsam(rho, rho_max, search_every=every), optax.sgd(LR, momentum=mu))
+    params = to_tree(W_STEEP)
+    state = tx.init(params)
+    step = make_step(tx, steep_loss_jax)
+    w, buf, alpha, used = W_STEEP.copy(), np.zeros(7), 1.0, []
+    for t in range(steps):
+        updates, state = step(params, state)
+        params = optax.apply_updates(params, updates)
+        searching = t % every == 0
+        grid = GRID if searching else None
+        d, alpha, losses, _ = xsam_step(
+            w, rho, rho_max, alpha, grid, loss=steep_loss_np, grad=steep_grad_np
+        )
+        buf = mu * buf + d
+        w = w - LR * buf
+        assert float(state[0].alpha) == pytest.approx(alpha, abs=1e-6), t
+        if searching:
+            np.testing.assert_allclose(np.asarray(state[0].alpha_losses), losses, atol=1e-5)
+        np.testing.assert_allclose(to_vec(params), w, rtol=1e-4, atol=1e-5)
+        used.append(round(float(alpha), 6))
+    # Guards on the test itself: interior winners that change between searches.
+    assert all(0.0 < a < 2.0 for a in used) and len(set(used)) >= (4 if every == 1 else 2), used

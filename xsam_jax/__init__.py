@@ -1,7 +1,7 @@
 """xsam_jax: sharpness-aware minimisation as composable Optax transformations.
 
 Every method turns the clean gradient into a sharpness-aware one and is chained before the
-base optimizer::
+base optimizer (`wsam_decoupled`, which needs the learning rate, wraps it instead)::
 
     tx = optax.chain(xsam_jax.xsam(rho=0.15, rho_max=0.3, search_every=steps_per_epoch),
                      optax.add_decayed_weights(1e-3), optax.sgd(lr, momentum=0.9))
@@ -19,13 +19,14 @@ from xsam_jax._src.gsam import gsam
 from xsam_jax._src.sam import asam, sam
 from xsam_jax._src.schedules import late_phase, perturbed_steps
 from xsam_jax._src.slerp import alpha_grid, slerp_coefficients
-from xsam_jax._src.wsam import wsam
+from xsam_jax._src.wsam import WSAMDecoupledState, wsam, wsam_decoupled
 from xsam_jax._src.xsam import XSAMState, xsam
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SAMState",
+    "WSAMDecoupledState",
     "XSAMState",
     "alpha_grid",
     "asam",
@@ -35,5 +36,6 @@ __all__ = [
     "sam",
     "slerp_coefficients",
     "wsam",
+    "wsam_decoupled",
     "xsam",
 ]

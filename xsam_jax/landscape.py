@@ -35,19 +35,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
 from jax.flatten_util import ravel_pytree
 
-from xsam_jax._src import tree_math
-from xsam_jax._src.slerp import alpha_grid, slerp_coefficients
+from xsam_jax._src import ascent, search, tree_math
+from xsam_jax._src.slerp import alpha_grid
+from xsam_jax._src.tree_math import PyTree
 from xsam_jax._src.validation import check_choice, check_grid, check_int, check_range
-
-PyTree = Any
 
 _VECTOR_MODES = ("zero", "filter")
 
@@ -106,51 +104,26 @@ class Interpolation(NamedTuple):
     second_differences: PyTree
 
 
-def _map(fn: Callable, xs: jax.Array, chunk: int | None) -> Any:
-    if chunk is None:
-        return jax.vmap(fn)(xs)
-    return lax.map(fn, xs, batch_size=chunk)
-
-
 # --------------------------------------------------------------------------- XSAM geometry
 
 
 def _ascent_plane(loss_fn, params, rho, steps, eps):
-    """k normalised ascent steps of length ρ/k: (L(θ), chord ϑ_k − θ, g_k), both float32."""
-    loss, g = jax.value_and_grad(loss_fn)(params)
-    chord = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
-    for _ in range(steps):
-        chord = tree_math.add_scaled(chord, [rho / steps / (tree_math.norm(g) + eps)], [g])
-        g = jax.grad(loss_fn)(tree_math.add_scaled(params, [1.0], [chord]))
-    return jnp.asarray(loss, jnp.float32), chord, tree_math.to_float32(g)
-
-
-def _plane_losses(loss_fn, params, chord, g, eps, alphas, radii, chunk):
-    """L(θ + r·v(α)) for every (α, r), shape (A, R), and cos ψ."""
-    chord_norm, g_norm = tree_math.norm(chord), tree_math.norm(g)
-    cos_psi = tree_math.vdot(chord, g) / ((chord_norm + eps) * (g_norm + eps))
-    a, b = slerp_coefficients(alphas, cos_psi)
-    coefficients = jnp.stack(
-        [
-            (a[:, None] * radii[None, :] / (chord_norm + eps)).ravel(),
-            (b[:, None] * radii[None, :] / (g_norm + eps)).ravel(),
-        ],
-        axis=1,
-    )
-
-    def probe(c):
-        return jnp.asarray(loss_fn(tree_math.add_scaled(params, [c[0], c[1]], [chord, g])))
-
-    losses = _map(probe, coefficients, chunk).astype(jnp.float32)
-    return losses.reshape(alphas.shape[0], radii.shape[0]), cos_psi
+    """L(θ) and the plane of `xsam_jax.xsam`'s ascent: k normalised steps of length ρ/k."""
+    loss, g0 = jax.value_and_grad(loss_fn)(params)
+    config = ascent.make_config(ascent_steps=steps, eps=eps)
+    g_k, chord = ascent.ascend(jax.grad(loss_fn), params, g0, rho, config)
+    plane = search.ascent_plane(chord, g_k, eps)
+    return jnp.asarray(loss, plane.cos_psi.dtype), plane
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "steps", "chunk"))
 def _proposition1(loss_fn, params, radii, alphas, rho, eps, *, steps, chunk):
-    loss, chord, g = _ascent_plane(loss_fn, params, rho, steps, eps)
-    probe_alphas = jnp.concatenate([jnp.array([0.0, 1.0], jnp.float32), alphas])
-    losses, cos_psi = _plane_losses(loss_fn, params, chord, g, eps, probe_alphas, radii, chunk)
-    return loss, losses, cos_psi
+    loss, plane = _ascent_plane(loss_fn, params, rho, steps, eps)
+    probe_alphas = jnp.concatenate([jnp.array([0.0, 1.0], alphas.dtype), alphas])
+    losses = search.probe_losses(
+        loss_fn, params, plane, probe_alphas[:, None], radii[None, :], chunk
+    )
+    return loss, losses, plane.cos_psi
 
 
 def proposition1(
@@ -225,13 +198,10 @@ def proposition1(
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "steps", "chunk"))
 def _alpha_curve(loss_fn, params, alphas, rho, rho_max, eps, *, steps, chunk):
-    loss, chord, g = _ascent_plane(loss_fn, params, rho, steps, eps)
-    losses, cos_psi = _plane_losses(loss_fn, params, chord, g, eps, alphas, rho_max[None], chunk)
-    losses = losses[:, 0]
-    finite = jnp.isfinite(losses)
-    best = jnp.argmax(jnp.where(finite, losses, -jnp.inf))
-    alpha_star = jnp.where(finite.any(), alphas[best], jnp.nan)
-    return AlphaCurve(alphas, losses, alpha_star, cos_psi, loss)
+    loss, plane = _ascent_plane(loss_fn, params, rho, steps, eps)
+    losses = search.probe_losses(loss_fn, params, plane, alphas, rho_max, chunk)
+    alpha_star = search.first_finite_argmax(alphas, losses, jnp.nan)
+    return AlphaCurve(alphas, losses, alpha_star, plane.cos_psi, loss)
 
 
 def alpha_curve(
@@ -303,7 +273,7 @@ def _interpolate(fn, params_a, params_b, lambdas, *, chunk):
     def at(lam):
         return fn(tree_math.combine([1.0 - lam, lam], [params_a, params_b], like=params_a))
 
-    return _map(at, lambdas, chunk)
+    return search.evaluate(at, lambdas, chunk)
 
 
 def interpolate(
@@ -440,7 +410,7 @@ def _surface(fn, params, directions, coefficients, *, chunk):
     def at(c):
         return fn(tree_math.add_scaled(params, list(c), list(directions)))
 
-    return _map(at, coefficients, chunk)
+    return search.evaluate(at, coefficients, chunk)
 
 
 def loss_surface_1d(

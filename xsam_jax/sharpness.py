@@ -60,9 +60,8 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from xsam_jax._src import tree_math
+from xsam_jax._src.tree_math import PyTree
 from xsam_jax._src.validation import check_choice, check_int, check_range
-
-PyTree = Any
 
 _METHODS = ("lanczos", "power")
 

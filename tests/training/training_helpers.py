@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.flatten_util import ravel_pytree
 
 IN_FEATURES, HIDDEN, CLASSES = 6, 8, 3
 BN_MOMENTUM, BN_EPSILON = 0.99, 1e-5
@@ -155,6 +156,44 @@ def ref_m_sharpness_gradient(params: dict, stats: dict, x, y, group_size: int, r
         )
         new_stats.append(ref_updated_stats(stats, params, xg))
     return mean_trees(grads), mean_trees(new_stats)
+
+
+def _slerp(v0, v1, alpha):
+    psi = jnp.arccos(jnp.clip(v0 @ v1, -1.0, 1.0))
+    return (jnp.sin((1 - alpha) * psi) * v0 + jnp.sin(alpha * psi) * v1) / jnp.sin(psi)
+
+
+def ref_xsam_m_sharpness(params: dict, stats: dict, x, y, group_size: int, xsam: dict):
+    """XSAM with m-sharpness: each group climbs one step of length rho from its own gradient
+    and probes its own plane; the probe losses are averaged over the groups before the first
+    argmax over `grid` (Chen & Zhou 2026, with Foret et al.'s per-group perturbations).
+
+    `xsam` holds rho, rho_max, grid, alpha (α* in use) and search (whether to search).
+    Returns (direction averaged over the groups, running statistics averaged over the groups,
+    α*, the mean probe losses, cos ψ averaged over the groups, each group's own argmax).
+    """
+    flat, unravel = ravel_pytree(params)
+    grid, rho, rho_max = xsam["grid"], xsam["rho"], xsam["rho_max"]
+    planes, losses, new_stats = [], [], []
+    for i in range(0, x.shape[0], group_size):
+        xg, yg = x[i : i + group_size], y[i : i + group_size]
+
+        def loss(w, xg=xg, yg=yg):
+            return ref_train_loss(unravel(w), xg, yg)
+
+        g0 = jax.grad(loss)(flat)
+        chord = rho * g0 / jnp.linalg.norm(g0)
+        g_k = jax.grad(loss)(flat + chord)
+        v0, v1 = chord / jnp.linalg.norm(chord), g_k / jnp.linalg.norm(g_k)
+        planes.append((v0, v1, jnp.linalg.norm(g_k)))
+        losses.append(np.array([float(loss(flat + rho_max * _slerp(v0, v1, a))) for a in grid]))
+        new_stats.append(ref_updated_stats(stats, params, xg))
+    mean_losses = np.mean(losses, axis=0)
+    alpha = grid[int(np.argmax(mean_losses))] if xsam["search"] else xsam["alpha"]
+    direction = np.mean([n * _slerp(v0, v1, alpha) for v0, v1, n in planes], axis=0)
+    cos_psi = np.mean([float(v0 @ v1) for v0, v1, _ in planes])
+    own = [grid[int(np.argmax(group_losses))] for group_losses in losses]
+    return unravel(direction), mean_trees(new_stats), alpha, mean_losses, cos_psi, own
 
 
 def ref_train(batches, *, rho: float, lr: float, momentum: float, group_size: int | None = None):

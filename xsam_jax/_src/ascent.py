@@ -16,8 +16,9 @@ which is :math:`g/\|g\|_2` for p = 2 and :math:`\operatorname{sign}(g)` for p = 
 :math:`d(g) = T_w\, \hat d(T_w g)`, which for p = 2 is the official
 :math:`T_w^2 g / \|T_w g\|`. Without normalisation (USAM) :math:`d(g) = g`.
 
-The chord :math:`\vartheta_k - \theta` is accumulated in float32 (exact for bf16 params,
-and XSAM needs it as :math:`v_0`); points in parameter space keep the params' dtype.
+Directions and the chord :math:`\vartheta_k - \theta` are computed in the computation dtype
+(`tree_math`: float32 for bf16, f16 and f32 params, float64 for float64 ones; XSAM needs the
+chord as :math:`v_0`); points in parameter space keep the params' dtype.
 """
 
 from __future__ import annotations
@@ -31,9 +32,9 @@ import jax
 import jax.numpy as jnp
 
 from xsam_jax._src import tree_math
+from xsam_jax._src.tree_math import PyTree
 from xsam_jax._src.validation import check_positive_int, check_range, static_value
 
-PyTree = Any
 Mask = PyTree | Callable[[PyTree], PyTree] | None
 
 
@@ -110,8 +111,8 @@ def make_config(
 
 
 def _dual_direction(g: PyTree, cfg: AscentConfig) -> PyTree:
-    """argmax_{||e||_p <= 1} <g, e> in float32; zero for a zero gradient."""
-    g = tree_math.to_float32(g)
+    """argmax_{||e||_p <= 1} <g, e> in the computation dtype; zero for a zero gradient."""
+    g = tree_math.upcast(g)
     if not cfg.normalize:
         return g
     if cfg.norm == 2.0:
@@ -120,7 +121,7 @@ def _dual_direction(g: PyTree, cfg: AscentConfig) -> PyTree:
     if math.isinf(cfg.norm):
         return jax.tree.map(jnp.sign, g)
     q = cfg.norm / (cfg.norm - 1.0)
-    # Divide by max|g| first: |g|^q under- or overflows float32 for q far from 2.
+    # Divide by max|g| first: |g|^q under- or overflows for q far from 2.
     peak = jnp.max(jnp.stack([jnp.max(jnp.abs(x)) for x in jax.tree.leaves(g)]))
     peak = jnp.where(peak > 0, peak, 1.0)
     mags = jax.tree.map(lambda x: jnp.abs(x) / peak, g)
@@ -130,10 +131,13 @@ def _dual_direction(g: PyTree, cfg: AscentConfig) -> PyTree:
 
 
 def adaptive_scale(params: PyTree, cfg: AscentConfig) -> PyTree:
-    """T_w = |w| + eta on the leaves selected by `adaptive_mask`, 1 elsewhere (float32)."""
+    """T_w = |w| + eta on the leaves selected by `adaptive_mask`, 1 elsewhere.
+
+    In the computation dtype of each leaf (see `tree_math`).
+    """
     mask = cfg.adaptive_mask
     if mask is None:
-        return jax.tree.map(lambda w: jnp.abs(w.astype(jnp.float32)) + cfg.eta, params)
+        return jax.tree.map(lambda w: jnp.abs(w) + cfg.eta, tree_math.upcast(params))
     if callable(mask):
         mask = mask(params)
 
@@ -143,45 +147,47 @@ def adaptive_scale(params: PyTree, cfg: AscentConfig) -> PyTree:
                 "adaptive_mask must hold Python bools (like optax masks), got a leaf of type "
                 f"{type(selected).__name__}."
             )
+        subtree = tree_math.upcast(subtree)
         if selected:
-            return jax.tree.map(lambda w: jnp.abs(w.astype(jnp.float32)) + cfg.eta, subtree)
-        return jax.tree.map(lambda w: jnp.ones((), jnp.float32), subtree)
+            return jax.tree.map(lambda w: jnp.abs(w) + cfg.eta, subtree)
+        return jax.tree.map(lambda w: jnp.ones((), w.dtype), subtree)
 
     # The mask may be a prefix of the params tree, as for optax.masked.
     return jax.tree.map(scale_subtree, mask, params)
 
 
 def ascent_step_direction(g: PyTree, scale: PyTree | None, cfg: AscentConfig) -> PyTree:
-    """d(g) of the module docstring (float32)."""
+    """d(g) of the module docstring, in the computation dtype."""
     if scale is None:
         return _dual_direction(g, cfg)
-    scaled = jax.tree.map(lambda t, x: t * x.astype(jnp.float32), scale, g)
+    scaled = jax.tree.map(lambda t, x: t * x, scale, tree_math.upcast(g))
     return jax.tree.map(lambda t, u: t * u, scale, _dual_direction(scaled, cfg))
 
 
 def ascend(
     grad_fn: Callable[[PyTree], PyTree],
     params: PyTree,
-    g0: PyTree,
+    start: PyTree,
     rho: jax.Array,
     cfg: AscentConfig,
 ) -> tuple[PyTree, PyTree]:
-    """Run the ascent from `params` whose gradient there is `g0`.
+    """Run the ascent from `params`, its first step along `start`.
 
     Args:
       grad_fn: p -> gradient of the loss at p (already averaged as the policy says).
       params: the current parameters θ.
-      g0: the gradient at θ (not recomputed).
+      start: what the first step follows in place of a gradient at θ: the clean gradient g0
+        for SAM (it is not recomputed), another direction for methods that steer the ascent.
       rho: total ascent length ρ (each step has length ρ/k).
       cfg: the static ascent configuration.
 
     Returns:
-      (g_k, chord): the gradient at the last ascent point ϑ_k and ϑ_k − θ in float32.
-      Costs k gradient evaluations.
+      (g_k, chord): the gradient at the last ascent point ϑ_k, and ϑ_k − θ in the
+      computation dtype. Costs k gradient evaluations.
     """
     scale = adaptive_scale(params, cfg) if cfg.adaptive else None
     step = rho / cfg.steps
-    chord = jax.tree.map(lambda d: step * d, ascent_step_direction(g0, scale, cfg))
+    chord = jax.tree.map(lambda d: step * d, ascent_step_direction(start, scale, cfg))
     for _ in range(cfg.steps - 1):
         g = grad_fn(tree_math.add_scaled(params, [1.0], [chord]))
         chord = jax.tree.map(lambda c, d: c + step * d, chord, ascent_step_direction(g, scale, cfg))

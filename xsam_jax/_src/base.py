@@ -1,13 +1,19 @@
-"""The skeleton shared by SAM, GSAM and WSAM: gate on ρ, climb, combine, average.
+"""The skeleton every sharpness-aware method runs: gate on ρ, climb, form the output, average.
 
-Each method is a function of two gradients, the clean g0 and the perturbed g_p; this
-module owns everything else (extra-argument checks, the ρ schedule, skipping the second
-gradient when ρ = 0, data-parallel averaging, dtypes, the step counter).
+A method is a `Method`, a small record of pure functions for what is its own: its state, the
+direction the ascent starts from, how the output is formed from the climb, and what a step
+without ascent returns. `sharpness_aware` runs it and owns everything else: the extra-argument
+checks, the ρ schedule and the gate (`gate_on_radius`, ``perturb``), the ascent
+(`ascent.ascend`), data-parallel averaging (`Averaging`), dtypes and the step counter. The
+options every method shares (how to climb, how to average) are one `SharedOptions`, built by
+`shared_options` from the factory's arguments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -15,8 +21,9 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from xsam_jax._src import ascent
+from xsam_jax._src import ascent, tree_math
 from xsam_jax._src.parallel import Averaging
+from xsam_jax._src.tree_math import PyTree
 from xsam_jax._src.validation import (
     as_schedule,
     check_radius,
@@ -24,7 +31,7 @@ from xsam_jax._src.validation import (
     static_value,
 )
 
-PyTree = Any
+State = Any  # a method's state: a NamedTuple with at least an int32 `count`
 
 
 class SAMState(NamedTuple):
@@ -37,8 +44,106 @@ class SAMState(NamedTuple):
     count: jax.Array
 
 
-def cast_like(tree: PyTree, like: PyTree) -> PyTree:
-    return jax.tree.map(lambda x, ref: x.astype(ref.dtype), tree, like)
+class Climb(NamedTuple):
+    """What the ascent of one step produced, for a method's `output`.
+
+    Attributes:
+      g0: the clean gradient at θ (averaged over replicas unless the perturbation is local).
+      g_k: the gradient at the last ascent point ϑ_k.
+      chord: ϑ_k − θ.
+    """
+
+    g0: PyTree
+    g_k: PyTree
+    chord: PyTree
+
+
+class StepInputs(NamedTuple):
+    """What else a method's `output` may evaluate: the point, the loss, the averaging policy."""
+
+    params: PyTree
+    loss_fn: Callable[[PyTree], jax.Array]
+    averaging: Averaging
+
+
+def _count_only(params: PyTree) -> SAMState:
+    del params
+    return SAMState(count=jnp.zeros([], jnp.int32))
+
+
+def _from_clean_gradient(g0: PyTree, state: State) -> PyTree:
+    del state
+    return g0
+
+
+def _gradient_at_ascent_point(climb: Climb, state: State, step: StepInputs):
+    del step
+    return climb.g_k, state
+
+
+def _clean_gradient(g0: PyTree, state: State):
+    return g0, state
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A sharpness-aware method: the pure functions `sharpness_aware` runs.
+
+    The defaults are SAM's. Every function returns the method's state next to its result, so
+    methods with state updated on every step (e.g. an average of past gradients) fit: the
+    skeleton only advances `count`.
+
+    Attributes:
+      name: the public name, for error messages.
+      output: (climb, state, step) -> (direction, state) on steps that climb; SAM returns g_k.
+      init: params -> the initial state (a NamedTuple with an int32 `count` of 0).
+      ascent_start: (g0, state) -> the gradient the first ascent step follows; SAM's is g0.
+      clean: (g0, state) -> (direction, state) on steps whose ρ is 0 (no ascent, no extra
+        gradient); SAM returns g0.
+    """
+
+    name: str
+    output: Callable[[Climb, State, StepInputs], tuple[PyTree, State]] = _gradient_at_ascent_point
+    init: Callable[[PyTree], State] = _count_only
+    ascent_start: Callable[[PyTree, State], PyTree] = _from_clean_gradient
+    clean: Callable[[PyTree, State], tuple[PyTree, State]] = _clean_gradient
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedOptions:
+    """The options every method takes: how to climb and how to average over replicas."""
+
+    ascent: ascent.AscentConfig
+    averaging: Averaging
+
+
+def shared_options(arguments: Mapping[str, Any], **fixed: Any) -> SharedOptions:
+    """Validate and freeze the shared options from a factory's arguments.
+
+    Each public factory lists the shared options in its own signature (for help, docs and
+    `optax.inject_hyperparams`, which reads the signature) and passes its ``locals()`` here,
+    so they are checked and interpreted in one place. Options a factory does not offer take
+    `ascent.make_config`'s and `Averaging`'s defaults.
+
+    Args:
+      arguments: the factory's arguments by name; names that are not shared are ignored.
+      **fixed: values that replace arguments (e.g. ``adaptive=True`` for `asam`).
+
+    Returns:
+      The `SharedOptions`.
+    """
+    values = {**arguments, **fixed}
+
+    def given(names):
+        return {name: values[name] for name in names if name in values}
+
+    return SharedOptions(
+        ascent.make_config(**given(_ASCENT_ARGUMENTS)), Averaging(**given(_AVERAGING_ARGUMENTS))
+    )
+
+
+_ASCENT_ARGUMENTS = tuple(inspect.signature(ascent.make_config).parameters)
+_AVERAGING_ARGUMENTS = tuple(field.name for field in dataclasses.fields(Averaging))
 
 
 def check_perturb(perturb: Any) -> None:
@@ -94,47 +199,55 @@ def _nan_where(condition: jax.Array, x: jax.Array) -> jax.Array:
 
 
 def sharpness_aware(
-    method: str,
-    rho: Any,
-    config: ascent.AscentConfig,
-    averaging: Averaging,
-    combine: Callable[[PyTree, PyTree], PyTree],
+    method: Method, rho: Any, options: SharedOptions
 ) -> optax.GradientTransformationExtraArgs:
-    """Build a transformation g0 -> combine(g0, g_p) with g_p = ∇L(θ + ε(g0)).
+    """The transformation g0 -> `method.output` of the climb from θ along `method.ascent_start`.
+
+    On each step: ρ_t = ρ(count); if ρ_t > 0, climb k steps of total length ρ_t from θ on
+    ``loss_fn`` (starting along ``method.ascent_start(g0, state)``) and return
+    ``method.output``; else return ``method.clean`` without any extra gradient. The result is
+    averaged over replicas as ``options.averaging`` says and cast to the gradients' dtypes.
+    ρ_t and everything derived from it are in the gradients' computation dtype (float32, or
+    float64 for float64 gradients; see `tree_math`).
 
     Args:
-      method: public name, for error messages.
+      method: the method's own functions.
       rho: total ascent length, a float or a schedule of the step count.
-      config: the ascent configuration.
-      averaging: the data-parallel averaging policy.
-      combine: (g0, g_p) -> direction, both in the gradients' dtypes.
+      options: the shared ascent and averaging options.
 
     Returns:
-      An `optax.GradientTransformationExtraArgs` with state `SAMState`.
+      An `optax.GradientTransformationExtraArgs` whose state is ``method.init``'s. Its
+      `update` needs ``loss_fn(params) -> scalar`` (unless ρ is the Python number 0), takes the
+      optional static ``perturb`` (see `gate_on_radius`) and ignores other extra arguments.
     """
     check_radius("rho", rho)
     rho_fn = as_schedule(rho)
-
-    def init_fn(params: PyTree) -> SAMState:
-        del params
-        return SAMState(count=jnp.zeros([], jnp.int32))
+    averaging = options.averaging
 
     def update_fn(updates, state, params=None, *, loss_fn=None, perturb=None, **extra_args):
         del extra_args  # The ExtraArgs contract: accept and ignore what others need.
         check_perturb(perturb)
         if static_value(rho) != 0.0:
-            require_extra_args(method, loss_fn, params)
+            require_extra_args(method.name, loss_fn, params)
         g0 = averaging.incoming(updates)
-        rho_now = rho_fn(state.count)
+        rho_now = rho_fn(state.count).astype(tree_math.compute_dtype(updates))
+
+        def finish(direction_and_state):
+            direction, new_state = direction_and_state
+            return optax.tree.cast_like(averaging.output(direction), updates), new_state
 
         def perturbed():
-            g_p, _ = ascent.ascend(averaging.gradient(loss_fn), params, g0, rho_now, config)
-            return cast_like(averaging.output(combine(g0, cast_like(g_p, g0))), updates)
+            start = method.ascent_start(g0, state)
+            g_k, chord = ascent.ascend(
+                averaging.gradient(loss_fn), params, start, rho_now, options.ascent
+            )
+            step = StepInputs(params, loss_fn, averaging)
+            return finish(method.output(Climb(g0, g_k, chord), state, step))
 
         def clean():
-            return cast_like(averaging.output(g0), updates)
+            return finish(method.clean(g0, state))
 
-        new_updates = gate_on_radius(rho, rho_now, perturbed, clean, perturb)
-        return new_updates, SAMState(count=optax.safe_increment(state.count))
+        new_updates, new_state = gate_on_radius(rho, rho_now, perturbed, clean, perturb)
+        return new_updates, new_state._replace(count=optax.safe_increment(state.count))
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return optax.GradientTransformationExtraArgs(method.init, update_fn)

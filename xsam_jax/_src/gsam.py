@@ -7,9 +7,8 @@ from typing import Any
 import jax.numpy as jnp
 import optax
 
-from xsam_jax._src import ascent, tree_math
-from xsam_jax._src.base import sharpness_aware
-from xsam_jax._src.parallel import Averaging
+from xsam_jax._src import tree_math
+from xsam_jax._src.base import Method, shared_options, sharpness_aware
 from xsam_jax._src.validation import check_range
 
 
@@ -54,20 +53,14 @@ def gsam(
       <https://arxiv.org/abs/2203.08065>`_, ICLR 2022.
     """
     check_range("alpha", alpha, low=0.0)
-    config = ascent.make_config(
-        ascent_steps=ascent_steps,
-        norm=norm,
-        normalize=normalize,
-        adaptive=adaptive,
-        eta=eta,
-        adaptive_mask=adaptive_mask,
-        eps=eps,
-    )
+    options = shared_options(locals())
 
-    def combine(g0, g_p):
+    def output(climb, state, step):
+        del step
+        g0, g_p = climb.g0, climb.g_k
         sq = tree_math.vdot(g_p, g_p)
         # A zero perturbed gradient has no orthogonal complement to remove: d = -alpha*g0.
         projection = jnp.where(sq > 0, tree_math.vdot(g0, g_p) / jnp.where(sq > 0, sq, 1.0), 0.0)
-        return tree_math.combine([1.0 + alpha * projection, -alpha], [g_p, g0], like=g0)
+        return tree_math.combine([1.0 + alpha * projection, -alpha], [g_p, g0], like=g0), state
 
-    return sharpness_aware("gsam", rho, config, Averaging(axis_name, local_perturbation), combine)
+    return sharpness_aware(Method("gsam", output), rho, options)

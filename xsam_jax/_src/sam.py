@@ -6,9 +6,7 @@ from typing import Any
 
 import optax
 
-from xsam_jax._src import ascent
-from xsam_jax._src.base import sharpness_aware
-from xsam_jax._src.parallel import Averaging
+from xsam_jax._src.base import Method, shared_options, sharpness_aware
 
 
 def sam(
@@ -74,18 +72,8 @@ def sam(
       Foret et al., `Sharpness-Aware Minimization for Efficiently Improving Generalization
       <https://arxiv.org/abs/2010.01412>`_, ICLR 2021.
     """
-    config = ascent.make_config(
-        ascent_steps=ascent_steps,
-        norm=norm,
-        normalize=normalize,
-        adaptive=adaptive,
-        eta=eta,
-        adaptive_mask=adaptive_mask,
-        eps=eps,
-    )
-    averaging = Averaging(axis_name, local_perturbation)
-    name = "asam" if adaptive else "sam"
-    return sharpness_aware(name, rho, config, averaging, combine=lambda g0, g_p: g_p)
+    options = shared_options(locals())
+    return sharpness_aware(Method("asam" if adaptive else "sam"), rho, options)
 
 
 def asam(
@@ -127,15 +115,5 @@ def asam(
       Kwon et al., `ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning
       of Deep Neural Networks <https://arxiv.org/abs/2102.11600>`_, ICML 2021.
     """
-    return sam(
-        rho,
-        ascent_steps=ascent_steps,
-        norm=norm,
-        adaptive=True,
-        eta=eta,
-        adaptive_mask=adaptive_mask,
-        normalize=normalize,
-        eps=eps,
-        axis_name=axis_name,
-        local_perturbation=local_perturbation,
-    )
+    options = shared_options(locals(), adaptive=True)
+    return sharpness_aware(Method("asam"), rho, options)

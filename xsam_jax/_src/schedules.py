@@ -32,7 +32,7 @@ def late_phase(rho: float | optax.Schedule, start_step: int) -> Callable[[jax.Ar
         E of T epochs" use ``(T - E) * steps_per_epoch``.
 
     Returns:
-      A schedule `count -> ρ_t` (float32).
+      A schedule `count -> ρ_t`.
 
     References:
       Zhou et al., `Sharpness-Aware Minimization Efficiently Selects Flatter Minima Late in
@@ -44,7 +44,7 @@ def late_phase(rho: float | optax.Schedule, start_step: int) -> Callable[[jax.Ar
     start = int(start_step)
 
     def schedule(count: jax.Array) -> jax.Array:
-        return jnp.where(count >= start, rho_fn(count), jnp.zeros((), jnp.float32))
+        return jnp.where(count >= start, rho_fn(count), 0.0)
 
     return schedule
 

@@ -35,10 +35,12 @@ def slerp_coefficients(
       cos_psi: <v0, v1> of the unit directions (a scalar).
 
     Returns:
-      The pair (a, b), float32, broadcast to alpha's shape.
+      The pair (a, b), broadcast to alpha's shape, in the inputs' dtype promoted to at least
+      float32 (float64 for float64 inputs).
     """
-    alpha = jnp.asarray(alpha, jnp.float32)
-    psi = jnp.arccos(jnp.clip(jnp.asarray(cos_psi, jnp.float32), -1.0, 1.0))
+    dtype = jnp.promote_types(jnp.result_type(alpha, cos_psi), jnp.float32)
+    alpha = jnp.asarray(alpha, dtype)
+    psi = jnp.arccos(jnp.clip(jnp.asarray(cos_psi, dtype), -1.0, 1.0))
     sin_psi = jnp.sin(psi)
     parallel = sin_psi < _PARALLEL_SIN
     safe_sin = jnp.where(parallel, 1.0, sin_psi)
@@ -48,7 +50,7 @@ def slerp_coefficients(
 
 
 def alpha_grid(alpha_max: float, alpha_step: float) -> np.ndarray:
-    """The XSAM search grid {0, step, 2 step, ..., alpha_max} (float32, host array).
+    """The XSAM search grid {0, step, 2 step, ..., alpha_max} (a float64 host array).
 
     Built from integer multiples so the grid has exactly round(alpha_max / step) + 1 points
     (21 for the defaults 2.0 and 0.1) without cumulative rounding.
@@ -58,4 +60,4 @@ def alpha_grid(alpha_max: float, alpha_step: float) -> np.ndarray:
     if alpha_max < 0:
         raise ValueError(f"alpha_max must be >= 0, got {alpha_max!r}.")
     n = int(np.floor(alpha_max / alpha_step + 1e-6)) + 1
-    return (np.arange(n, dtype=np.float64) * alpha_step).astype(np.float32)
+    return np.arange(n, dtype=np.float64) * alpha_step

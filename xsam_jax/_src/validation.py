@@ -227,10 +227,10 @@ def check_grid(
 
 
 def as_schedule(value: Any) -> Callable[[jax.Array], jax.Array]:
-    """A float32 schedule of the step count from a float, array or schedule."""
+    """A schedule of the step count from a float, array or schedule (cast it where used)."""
     if callable(value):
-        return lambda count: jnp.asarray(value(count), jnp.float32)
-    return lambda count: jnp.asarray(value, jnp.float32)
+        return lambda count: jnp.asarray(value(count))
+    return lambda count: jnp.asarray(value)
 
 
 def require_extra_args(method: str, loss_fn: Any, params: Any) -> None:

@@ -9,16 +9,14 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
-from xsam_jax._src import ascent, tree_math
-from xsam_jax._src.base import cast_like, check_perturb, gate_on_radius
-from xsam_jax._src.parallel import Averaging
-from xsam_jax._src.slerp import alpha_grid, slerp_coefficients
+from xsam_jax._src import search, tree_math
+from xsam_jax._src.base import Method, shared_options, sharpness_aware
+from xsam_jax._src.slerp import alpha_grid
 from xsam_jax._src.validation import (
     as_schedule,
     check_positive_int,
     check_radius,
     check_range,
-    require_extra_args,
     static_value,
 )
 
@@ -28,10 +26,12 @@ class XSAMState(NamedTuple):
 
     Attributes:
       count: number of `update` calls so far (int32); decides search steps and ρ schedules.
-      alpha: α* in use (float32); the last search's winner, or ``alpha_init`` before it.
+      alpha: α* in use; the last search's winner, or ``alpha_init`` before it.
       alpha_losses: probe losses L(θ + ρ_max·v(α)) of the last search, one per grid point
-        (float32, NaN before the first search); plot them against `alphas` of the grid.
-      cos_psi: cos ψ = <v0, v1> of the last step that climbed (float32, NaN before it).
+        (NaN before the first search); plot them against `alphas` of the grid.
+      cos_psi: cos ψ = <v0, v1> of the last step that climbed (NaN before it).
+
+    The floats are in the params' computation dtype: float32, or float64 for float64 params.
     """
 
     count: jax.Array
@@ -144,100 +144,62 @@ def xsam(
       Chen & Zhou, `Revisiting Sharpness-Aware Minimization: A More Faithful and Effective
       Implementation <https://arxiv.org/abs/2603.10048>`_, ICLR 2026.
     """
-    check_radius("rho", rho)
+    check_radius("rho", rho)  # before rho_max, which callers often derive from it
     check_radius("rho_max", rho_max)
-    alphas = _static_grid(alpha_max, alpha_step)
+    grid = _static_grid(alpha_max, alpha_step)
     if search_every is not None:
         check_positive_int("search_every", search_every)
     if search_chunk is not None:
         check_positive_int("search_chunk", search_chunk)
     check_range("alpha_init", alpha_init)
-    config = ascent.make_config(
-        ascent_steps=ascent_steps,
-        adaptive=adaptive,
-        eta=eta,
-        adaptive_mask=adaptive_mask,
-        eps=eps,
-    )
-    averaging = Averaging(axis_name, local_perturbation)
-    rho_fn, rho_max_fn = as_schedule(rho), as_schedule(rho_max)
+    options = shared_options(locals())
+    method = _xsam_method(grid, rho_max, search_every, alpha_init, search_chunk, eps)
+    return sharpness_aware(method, rho, options)
 
-    def init_fn(params: Any) -> XSAMState:
-        del params
+
+def _xsam_method(
+    grid: Any,
+    rho_max: Any,
+    search_every: int | None,
+    alpha_init: Any,
+    search_chunk: int | None,
+    eps: Any,
+) -> Method:
+    """XSAM as a `Method`: α* lives in the state, and the output step runs the search."""
+    rho_max_fn = as_schedule(rho_max)
+
+    def init(params: Any) -> XSAMState:
+        dtype = tree_math.compute_dtype(params)
         return XSAMState(
             count=jnp.zeros([], jnp.int32),
-            alpha=jnp.asarray(alpha_init, jnp.float32),
-            alpha_losses=jnp.full(alphas.shape, jnp.nan, jnp.float32),
-            cos_psi=jnp.asarray(jnp.nan, jnp.float32),
+            alpha=jnp.asarray(alpha_init, dtype),
+            alpha_losses=jnp.full(grid.shape, jnp.nan, dtype),
+            cos_psi=jnp.asarray(jnp.nan, dtype),
         )
 
-    def search(loss_fn, params, chord, g_k, chord_norm, grad_norm, cos_psi, radius, state):
-        grid = jnp.asarray(alphas)
-        a, b = slerp_coefficients(grid, cos_psi)
-        coefficients = jnp.stack(
-            [radius * a / (chord_norm + eps), radius * b / (grad_norm + eps)], axis=1
-        )
-
-        def probe(c):
-            point = tree_math.add_scaled(params, [c[0], c[1]], [chord, g_k])
-            return jnp.asarray(loss_fn(point), jnp.float32)
-
+    def search_alpha(plane, radius, state, step):
         chunk = search_chunk
         if chunk is None and jax.default_backend() == "cpu":
             chunk = 1
-        if chunk is None:
-            losses = jax.vmap(probe)(coefficients)
-        else:
-            losses = lax.map(probe, coefficients, batch_size=chunk)
-        losses = averaging.mean(losses)
-        finite = jnp.isfinite(losses)
-        best = jnp.argmax(jnp.where(finite, losses, -jnp.inf))
-        return jnp.where(finite.any(), grid[best], state.alpha), losses
+        alphas = jnp.asarray(grid, plane.cos_psi.dtype)
+        losses = search.probe_losses(step.loss_fn, step.params, plane, alphas, radius, chunk)
+        losses = step.averaging.mean(losses)  # α* is the same on every replica
+        return search.first_finite_argmax(alphas, losses, state.alpha), losses
 
-    def update_fn(updates, state, params=None, *, loss_fn=None, perturb=None, **extra_args):
-        del extra_args  # The ExtraArgs contract: accept and ignore what others need.
-        check_perturb(perturb)
-        if static_value(rho) != 0.0:
-            require_extra_args("xsam", loss_fn, params)
-        g0 = averaging.incoming(updates)
-        rho_now, radius = rho_fn(state.count), rho_max_fn(state.count)
-
-        def perturbed():
-            g_k, chord = ascent.ascend(averaging.gradient(loss_fn), params, g0, rho_now, config)
-            chord_norm, grad_norm = tree_math.norm(chord), tree_math.norm(g_k)
-            cos_psi = tree_math.vdot(chord, g_k) / ((chord_norm + eps) * (grad_norm + eps))
-            if search_every is None:
-                alpha, losses = state.alpha, state.alpha_losses
-            else:
-                alpha, losses = lax.cond(
-                    (state.count % search_every == 0) & (radius > 0),
-                    lambda: search(
-                        loss_fn, params, chord, g_k, chord_norm, grad_norm, cos_psi, radius, state
-                    ),
-                    lambda: (state.alpha, state.alpha_losses),
-                )
-            a, b = slerp_coefficients(alpha, cos_psi)
-            # ‖g_k‖·v(α) = ‖g_k‖·a·chord/‖chord‖ + b·g_k; written so that α = 1 gives g_k exactly.
-            direction = tree_math.combine(
-                [a * grad_norm / (chord_norm + eps), b * grad_norm / (grad_norm + eps)],
-                [chord, g_k],
-                like=updates,
+    def output(climb, state, step):
+        plane = search.ascent_plane(climb.chord, climb.g_k, eps)
+        alpha, losses = state.alpha, state.alpha_losses
+        if search_every is not None:
+            radius = rho_max_fn(state.count).astype(plane.cos_psi.dtype)
+            alpha, losses = lax.cond(
+                (state.count % search_every == 0) & (radius > 0),
+                lambda: search_alpha(plane, radius, state, step),
+                lambda: (alpha, losses),
             )
-            return averaging.output(direction), alpha, losses, averaging.output(cos_psi)
+        # ‖g_k‖·v(α*): one fused combination of the chord and g_k (α = 1 gives g_k exactly).
+        coefficients = search.along(plane, alpha, plane.grad_norm)
+        direction = tree_math.combine(coefficients, [climb.chord, climb.g_k], like=climb.g0)
+        cos_psi = step.averaging.output(plane.cos_psi)
+        return direction, state._replace(alpha=alpha, alpha_losses=losses, cos_psi=cos_psi)
 
-        def clean():
-            g = cast_like(averaging.output(g0), updates)
-            return g, state.alpha, state.alpha_losses, state.cos_psi
-
-        direction, alpha, losses, cos_psi = gate_on_radius(
-            rho, rho_now, perturbed, clean, perturb
-        )
-        new_state = XSAMState(
-            count=optax.safe_increment(state.count),
-            alpha=alpha,
-            alpha_losses=losses,
-            cos_psi=cos_psi,
-        )
-        return direction, new_state
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return Method("xsam", output, init)
