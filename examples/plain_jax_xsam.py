@@ -19,8 +19,10 @@ from xsam_jax import data
 
 def init(key, sizes=(64, 128, 10)):
     keys = jax.random.split(key, len(sizes) - 1)
-    return [{"w": jax.random.normal(k, (a, b)) / jnp.sqrt(a), "b": jnp.zeros(b)}
-            for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)]
+    return [
+        {"w": jax.random.normal(k, (a, b)) / jnp.sqrt(a), "b": jnp.zeros(b)}
+        for k, a, b in zip(keys, sizes[:-1], sizes[1:], strict=True)
+    ]
 
 
 def loss(params, batch):
@@ -38,8 +40,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     ds = data.load("digits")
     steps_per_epoch = len(ds.y_train) // 64
-    tx = optax.chain(xs.xsam(rho=0.15, rho_max=0.3, search_every=steps_per_epoch),
-                     optax.add_decayed_weights(5e-4), optax.sgd(0.05, momentum=0.9))
+    tx = optax.chain(
+        xs.xsam(rho=0.15, rho_max=0.3, search_every=steps_per_epoch),
+        optax.add_decayed_weights(5e-4),
+        optax.sgd(0.05, momentum=0.9),
+    )
     params = init(jax.random.key(0))
     state = tx.init(params)
 
@@ -55,13 +60,19 @@ def main(argv=None):
             params, state = step(params, state, batch)
         xsam_state = state[0]
         test_loss = loss(params, {"x": x_test, "y": y_test})
-        print(f"epoch {epoch + 1:3d}  test loss {float(test_loss):.3f}  "
-              f"alpha* {float(xsam_state.alpha):.1f}  cos psi {float(xsam_state.cos_psi):.3f}")
+        print(
+            f"epoch {epoch + 1:3d}  test loss {float(test_loss):.3f}  "
+            f"alpha* {float(xsam_state.alpha):.1f}  cos psi {float(xsam_state.cos_psi):.3f}"
+        )
     if args.plot:
         from xsam_jax import plotting
 
-        plotting.plot_alpha_curve(xs.alpha_grid(2.0, 0.1), xsam_state.alpha_losses,
-                                  alpha_star=float(xsam_state.alpha), path=args.plot)
+        plotting.plot_alpha_curve(
+            xs.alpha_grid(2.0, 0.1),
+            xsam_state.alpha_losses,
+            alpha_star=float(xsam_state.alpha),
+            path=args.plot,
+        )
     return float(test_loss), xsam_state
 
 
