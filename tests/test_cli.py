@@ -246,6 +246,11 @@ def test_compare_with_seeds_writes_intervals_paired_differences_and_plots(tmp_pa
             "got True",
         ),
         (["--val-fraction", "1"], "--val-fraction must be a finite float in (0, 1), got 1.0"),
+        (["--max-rotation", "0"], "--max-rotation must be a finite float in (0, 180], got 0.0"),
+        (
+            ["--optimizer", "sam", "--xsam-reuse", "rotation"],
+            "--xsam-reuse must be unset unless --optimizer xsam, got 'rotation'",
+        ),
         (["--test-size", "5000"], "--test-size must be unset for --dataset digits"),
         (["--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
         (["--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),

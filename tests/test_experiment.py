@@ -56,6 +56,14 @@ CASES = {
         ["--ascent-steps", "2"],
         xs.xsam(0.15, 0.3, ascent_steps=2, search_every=STEPS_PER_EPOCH),
     ),
+    "--xsam-reuse rotation": (
+        ["--xsam-reuse", "rotation"],
+        xs.xsam(0.15, 0.3, search_every=STEPS_PER_EPOCH, reuse="rotation"),
+    ),
+    "xsam+cap=30: at most 30 degrees": (
+        ["--optimizer", "xsam+cap=30"],
+        xs.xsam(0.15, 0.3, search_every=STEPS_PER_EPOCH, max_rotation=math.pi / 6),
+    ),
     "sam default 0.05": (["--optimizer", "sam"], xs.sam(0.05)),
     "asam is sam with the adaptive ascent, rho 0.5": (["--optimizer", "asam"], xs.asam(0.5)),
     "--adaptive on xsam": (

@@ -116,6 +116,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="XSAM: steps between alpha searches (default: once an epoch)",
     )
+    p.add_argument(
+        "--xsam-reuse",
+        choices=("alpha", "rotation"),
+        default=defaults.xsam_reuse,
+        help="XSAM: what a search hands to later steps: alpha* (the paper) or the angle alpha*·psi",
+    )
+    p.add_argument(
+        "--max-rotation",
+        type=float,
+        default=None,
+        metavar="DEGREES",
+        help="XSAM: turn at most this far from the ascent direction v0",
+    )
     p.add_argument("--gsam-alpha", type=float, default=defaults.gsam_alpha)
     p.add_argument("--wsam-gamma", type=float, default=defaults.wsam_gamma)
     p.add_argument(

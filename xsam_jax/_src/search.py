@@ -56,6 +56,11 @@ def ascent_plane(chord: PyTree, g_k: PyTree, eps: Any) -> Plane:
     return Plane(chord, g_k, chord_norm, grad_norm, cos_psi, eps)
 
 
+def angle(plane: Plane) -> jax.Array:
+    """ψ in radians, from the clipped cosine (rounding can push |cos ψ| past 1)."""
+    return jnp.arccos(jnp.clip(plane.cos_psi, -1.0, 1.0))
+
+
 def along(plane: Plane, alpha: Any, length: Any) -> tuple[jax.Array, jax.Array]:
     """Coefficients (c, d) with length·v(α) = c·chord + d·g_k; α and length broadcast.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -14,6 +15,7 @@ from xsam_jax._src.base import Method, shared_options, sharpness_aware
 from xsam_jax._src.slerp import alpha_grid
 from xsam_jax._src.validation import (
     as_schedule,
+    check_choice,
     check_positive_int,
     check_radius,
     check_range,
@@ -30,6 +32,10 @@ class XSAMState(NamedTuple):
       alpha_losses: probe losses L(θ + ρ_max·v(α)) of the last search, one per grid point
         (NaN before the first search); plot them against `alphas` of the grid.
       cos_psi: cos ψ = <v0, v1> of the last step that climbed (NaN before it).
+      rotation: the angle in radians between v0 and the direction the last climbing step
+        applied: α·ψ (NaN before the first climb).
+      search_rotation: α*·ψ at the last search, in radians (NaN before it): the rotation the
+        search chose, which ``reuse="rotation"`` keeps until the next search.
 
     The floats are in the params' computation dtype: float32, or float64 for float64 params.
     """
@@ -38,6 +44,11 @@ class XSAMState(NamedTuple):
     alpha: jax.Array
     alpha_losses: jax.Array
     cos_psi: jax.Array
+    rotation: jax.Array
+    search_rotation: jax.Array
+
+
+_REUSE = ("alpha", "rotation")
 
 
 def _static_grid(alpha_max: Any, alpha_step: Any):
@@ -70,6 +81,8 @@ def xsam(
     eps: float = 1e-12,
     axis_name: str | None = None,
     local_perturbation: bool = False,
+    reuse: str = "alpha",
+    max_rotation: float | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""XSAM: SAM along the best direction of the plane spanned by the ascent.
 
@@ -107,6 +120,15 @@ def xsam(
     but its code does not include it: the ascent steps are ASAM's (rescaled by
     :math:`T_w = |w| + \eta`), while v0, v1, the probes and the output live in parameter space.
 
+    Two options go beyond the paper (their defaults are the paper's algorithm). Between
+    searches the paper applies the same α* to every step's own angle ψ_t, so the update turns
+    α*·ψ_t away from v0; early in training ψ_t grows within an epoch and a searched α* near 2
+    then turns steps by 90° and more, against the clean gradient (see the README's study).
+    ``reuse="rotation"`` keeps the searched angle φ* = α*·ψ instead: each step applies
+    α_t = min(φ*/ψ_t, a), never turning further than the search validated.
+    ``max_rotation`` caps the turn directly: candidates with α·ψ above it are not chosen, and
+    each step applies α_t = min(α*, max_rotation/ψ_t).
+
     Args:
       rho: total ascent length ρ ≥ 0 (float or schedule); steps with ρ = 0 return the clean
         gradient without any extra gradient or search.
@@ -134,6 +156,10 @@ def xsam(
       axis_name: mapped axis for data parallelism (see `sam`).
       local_perturbation: per-device ascent (m-sharpness, see `sam`); probe losses, cos ψ and
         the output are averaged over `axis_name`, so α* is identical on every replica.
+      reuse: what a search hands to the steps until the next one: ``"alpha"`` (the paper: α*)
+        or ``"rotation"`` (the angle α*·ψ, see above).
+      max_rotation: the largest angle in radians, in (0, π], between v0 and an applied
+        direction, or None (the paper: no cap).
 
     Returns:
       An `optax.GradientTransformationExtraArgs` with state `XSAMState`; `update` needs
@@ -152,8 +178,13 @@ def xsam(
     if search_chunk is not None:
         check_positive_int("search_chunk", search_chunk)
     check_range("alpha_init", alpha_init)
+    check_choice("reuse", reuse, _REUSE)
+    if max_rotation is not None:
+        check_range("max_rotation", max_rotation, low=0.0, high=math.pi, low_open=True)
     options = shared_options(locals())
-    method = _xsam_method(grid, rho_max, search_every, alpha_init, search_chunk, eps)
+    method = _xsam_method(
+        grid, rho_max, search_every, alpha_init, search_chunk, eps, reuse, max_rotation
+    )
     return sharpness_aware(method, rho, options)
 
 
@@ -164,42 +195,73 @@ def _xsam_method(
     alpha_init: Any,
     search_chunk: int | None,
     eps: Any,
+    reuse: str,
+    max_rotation: float | None,
 ) -> Method:
     """XSAM as a `Method`: α* lives in the state, and the output step runs the search."""
     rho_max_fn = as_schedule(rho_max)
 
     def init(params: Any) -> XSAMState:
         dtype = tree_math.compute_dtype(params)
+        nan = jnp.asarray(jnp.nan, dtype)
         return XSAMState(
             count=jnp.zeros([], jnp.int32),
             alpha=jnp.asarray(alpha_init, dtype),
             alpha_losses=jnp.full(grid.shape, jnp.nan, dtype),
-            cos_psi=jnp.asarray(jnp.nan, dtype),
+            cos_psi=nan,
+            rotation=nan,
+            search_rotation=nan,
         )
 
-    def search_alpha(plane, radius, state, step):
+    def search_alpha(plane, psi, radius, state, step):
         chunk = search_chunk
         if chunk is None and jax.default_backend() == "cpu":
             chunk = 1
-        alphas = jnp.asarray(grid, plane.cos_psi.dtype)
+        alphas = jnp.asarray(grid, psi.dtype)
         losses = search.probe_losses(step.loss_fn, step.params, plane, alphas, radius, chunk)
         losses = step.averaging.mean(losses)  # α* is the same on every replica
-        return search.first_finite_argmax(alphas, losses, state.alpha), losses
+        eligible = losses
+        if max_rotation is not None:  # a candidate the cap would bend is not chosen
+            eligible = jnp.where(alphas * psi <= max_rotation, losses, jnp.nan)
+        alpha = search.first_finite_argmax(alphas, eligible, state.alpha)
+        return alpha, losses, alpha * psi
+
+    def applied(alpha, search_rotation, psi):
+        """The α a step uses: α*, or with reuse="rotation" the searched angle over this ψ."""
+        tiny = jnp.finfo(psi.dtype).tiny
+        if reuse == "rotation":
+            # Before the first search (NaN) the initial α applies.
+            alpha = jnp.where(
+                jnp.isnan(search_rotation),
+                alpha,
+                jnp.minimum(search_rotation / (psi + tiny), grid[-1]),
+            )
+        if max_rotation is not None:
+            alpha = jnp.minimum(alpha, max_rotation / (psi + tiny))
+        return alpha
 
     def output(climb, state, step):
         plane = search.ascent_plane(climb.chord, climb.g_k, eps)
-        alpha, losses = state.alpha, state.alpha_losses
+        psi = step.averaging.output(search.angle(plane))
+        alpha, losses, search_rotation = state.alpha, state.alpha_losses, state.search_rotation
         if search_every is not None:
-            radius = rho_max_fn(state.count).astype(plane.cos_psi.dtype)
-            alpha, losses = lax.cond(
+            radius = rho_max_fn(state.count).astype(psi.dtype)
+            alpha, losses, search_rotation = lax.cond(
                 (state.count % search_every == 0) & (radius > 0),
-                lambda: search_alpha(plane, radius, state, step),
-                lambda: (alpha, losses),
+                lambda: search_alpha(plane, psi, radius, state, step),
+                lambda: (alpha, losses, search_rotation),
             )
-        # ‖g_k‖·v(α*): one fused combination of the chord and g_k (α = 1 gives g_k exactly).
-        coefficients = search.along(plane, alpha, plane.grad_norm)
+        alpha_t = applied(alpha, search_rotation, psi)
+        # ‖g_k‖·v(α_t): one fused combination of the chord and g_k (α = 1 gives g_k exactly).
+        coefficients = search.along(plane, alpha_t, plane.grad_norm)
         direction = tree_math.combine(coefficients, [climb.chord, climb.g_k], like=climb.g0)
         cos_psi = step.averaging.output(plane.cos_psi)
-        return direction, state._replace(alpha=alpha, alpha_losses=losses, cos_psi=cos_psi)
+        return direction, state._replace(
+            alpha=alpha,
+            alpha_losses=losses,
+            cos_psi=cos_psi,
+            rotation=alpha_t * psi,
+            search_rotation=search_rotation,
+        )
 
     return Method("xsam", output, init)

@@ -55,10 +55,11 @@ class TrainConfig:
     ``adaptive`` uses the ASAM ascent; ``late_phase_start`` F runs plain SGD for the first
     fraction F of the steps (None: the method throughout). ``rho`` None takes the default radius
     (`default_radii`), ``rho_max`` None likewise (XSAM only), ``search_every`` None searches α*
-    once an epoch, ``model`` None takes the dataset's default model, ``augment`` None augments
-    image datasets only (crop, flip, Cutout). ``val_fraction`` holds out that fraction of the
-    training set for validation (deterministic per seed); ``test_size`` enlarges MNIST-1D's
-    test set with more signals from its generator.
+    once an epoch, ``xsam_reuse`` and ``max_rotation`` (degrees) are XSAM's options beyond the
+    paper (`xsam_jax.xsam`), ``model`` None takes the dataset's default model, ``augment`` None
+    augments image datasets only (crop, flip, Cutout). ``val_fraction`` holds out that fraction
+    of the training set for validation (deterministic per seed); ``test_size`` enlarges
+    MNIST-1D's test set with more signals from its generator.
     """
 
     optimizer: str = "xsam"
@@ -74,6 +75,8 @@ class TrainConfig:
     adaptive: bool = False
     ascent_steps: int = 1
     search_every: int | None = None
+    xsam_reuse: str = "alpha"
+    max_rotation: float | None = None
     gsam_alpha: float = 0.4
     wsam_gamma: float = 0.9
     late_phase_start: float | None = None
@@ -132,10 +135,20 @@ class TrainConfig:
                 "--val-fraction", v, low=0.0, high=1.0, low_open=True, high_open=True
             ),
             "test_size": lambda v: check_int("--test-size", v, low=1000),
+            "max_rotation": lambda v: check_range(
+                "--max-rotation", v, low=0.0, high=180.0, low_open=True
+            ),
         }
         for name, check in optional_checks.items():
             if getattr(self, name) is not None:
                 check(getattr(self, name))
+        check_choice("--xsam-reuse", self.xsam_reuse, ("alpha", "rotation"))
+        if self.optimizer != "xsam":
+            for name, default in (("xsam_reuse", "alpha"), ("max_rotation", None)):
+                if getattr(self, name) != default:
+                    raise InvalidArgumentError(
+                        flag(name), "unset unless --optimizer xsam", getattr(self, name)
+                    )
         if self.test_size is not None and self.dataset != "mnist1d":
             raise InvalidArgumentError(
                 "--test-size",
@@ -208,14 +221,17 @@ def default_radii(config: TrainConfig) -> tuple[float | None, float | None]:
 
 
 def parse_variant(text: str) -> dict[str, Any]:
-    """The config fields of a variant label ``method[+adaptive][+late=F]``.
+    """The config fields of a variant label ``method[+adaptive][+late=F][+rotation][+cap=D]``.
 
     Args:
       text: e.g. ``"xsam"``, ``"asam"``, ``"xsam+adaptive"``, ``"sam+late=0.75"``,
-        ``"xsam+late"`` (the late phase of `ALIASES`, from 80 % of training).
+        ``"xsam+late"`` (the late phase of `ALIASES`, from 80 % of training),
+        ``"xsam+rotation"`` (XSAM reusing the searched angle), ``"xsam+cap=30"`` (XSAM turning
+        at most 30 degrees from v0).
 
     Returns:
-      The fields it sets: ``optimizer`` and possibly ``adaptive`` and ``late_phase_start``.
+      The fields it sets: ``optimizer`` and possibly ``adaptive``, ``late_phase_start``,
+      ``xsam_reuse`` and ``max_rotation``.
 
     Raises:
       ValueError: for an unknown method or modifier, naming the allowed ones.
@@ -231,6 +247,14 @@ def parse_variant(text: str) -> dict[str, Any]:
         key, _, value = modifier.partition("=")
         if key == "adaptive" and not value:
             fields["adaptive"] = True
+        elif key == "rotation" and not value:
+            fields["xsam_reuse"] = "rotation"
+        elif key == "cap":
+            try:
+                fields["max_rotation"] = float(value)
+            except ValueError:
+                message = f"+cap=D needs an angle D in degrees, got {modifier!r} in {text!r}"
+                raise ValueError(message) from None
         elif key == "late":
             try:
                 fields["late_phase_start"] = float(value) if value else 0.8

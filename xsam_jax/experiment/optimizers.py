@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import optax
 
@@ -50,7 +52,10 @@ def make_optimizer(
     }
     if config.optimizer == "xsam":
         every = config.search_every or steps_per_epoch
-        method = xs.xsam(rho, rho_max, search_every=every, **shared)
+        cap = None if config.max_rotation is None else math.radians(config.max_rotation)
+        method = xs.xsam(
+            rho, rho_max, search_every=every, reuse=config.xsam_reuse, max_rotation=cap, **shared
+        )
     elif config.optimizer == "sam":
         method = xs.sam(rho, **shared)
     elif config.optimizer == "gsam":

@@ -78,6 +78,16 @@ METHODS = (
     Method("gsam", {"optimizer": "gsam"}, _rho_grid(SAM_RHOS)),
     Method("wsam", {"optimizer": "wsam"}, _rho_grid(SAM_RHOS)),
     Method("xsam", {"optimizer": "xsam"}, _xsam_grid(XSAM_RHOS)),
+    # Beyond the paper (README, "XSAM investigated"): reuse the searched angle, or cap the turn
+    # at 30 or 45 degrees with the authors' ρ_max = 2ρ.
+    Method("xsam+rotation", {"optimizer": "xsam", "xsam_reuse": "rotation"}, _xsam_grid(XSAM_RHOS)),
+    Method(
+        "xsam+cap",
+        {"optimizer": "xsam"},
+        tuple(
+            {"rho": r, "rho_max": 2 * r, "max_rotation": c} for r in XSAM_RHOS for c in (30.0, 45.0)
+        ),
+    ),
     # With the adaptive ascent ρ lives in the |w|-rescaled space (ASAM's scale) while the probe
     # radius ρ_max stays Euclidean.
     Method(
