@@ -52,6 +52,10 @@ CASES = {
         xs.xsam(0.1, 0.4, search_every=STEPS_PER_EPOCH),
     ),
     "--search-every": (["--search-every", "3"], xs.xsam(0.15, 0.3, search_every=3)),
+    "--search-every 0: never searches, alpha stays 1": (
+        ["--search-every", "0"],
+        xs.xsam(0.15, 0.3, search_every=None),
+    ),
     "--ascent-steps": (
         ["--ascent-steps", "2"],
         xs.xsam(0.15, 0.3, ascent_steps=2, search_every=STEPS_PER_EPOCH),

@@ -11,6 +11,7 @@ from xsam_jax import data, experiment, study
 from xsam_jax.study import report, runs, spec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -96,17 +97,46 @@ def test_rerunning_trains_nothing_and_writes_the_same_results(smoke, monkeypatch
         raise AssertionError("a cached run was trained again")
 
     monkeypatch.setattr(runs, "_train", no_training)
-    again = study.run_study(spec.smoke_plan(), out / "again", cache=out / "cache")
+    parts = ("tune", "final", "multistep", "late")  # the geometry part is not cached
+    again = study.run_study(spec.smoke_plan(), out / "again", cache=out / "cache", parts=parts)
     for key in ("tuning", "final", "multistep", "late_phase"):
         assert again[key] == results[key]
-    assert (out / "again" / "tables.md").read_text() == (out / "out" / "tables.md").read_text()
+    first, second = report.tables(results), report.tables(again)
+    assert {k: v for k, v in first.items() if k in second} == second
     for name in (
         "accuracy-digits-mlp.png",
         "geometry-digits-mlp.png",
         "late-phase.png",
         "multistep.png",
     ):
-        assert (out / "again" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / "again" / name).read_bytes()[:8] == PNG
+
+
+def test_the_geometry_part_measures_every_step(smoke):
+    results, out, _ = smoke
+    geometry = results["geometry"]
+    settings = spec.smoke_plan().geometry
+    steps_per_epoch = 1437 // 128  # digits, the whole training split
+    for label, measured in geometry["steps"].items():
+        assert len(measured) == len(settings.seeds)
+        for run in measured:
+            assert len(run["loss"]) == settings.traced_epochs * steps_per_epoch
+            # The turn is α·ψ: α = 1 for SAM (never searched), the searched α for XSAM.
+            turn = np.asarray(run["rotation_degrees"])
+            expected = np.asarray(run["alpha"]) * np.asarray(run["psi_degrees"])
+            if label in ("sam", "xsam"):
+                np.testing.assert_allclose(turn, expected, rtol=1e-4, atol=1e-3)
+            if label == "sam":
+                assert set(run["alpha"]) == {1.0}
+            if label == "xsam+cap=30":
+                assert turn.max() <= 30.0 + 1e-3
+    assert len(geometry["searches"]["alpha_losses"]) == settings.epochs
+    assert len(geometry["noise"]["per_batch"]) == settings.noise_batches
+    alpha_one = [row for row in geometry["equivalence"]["initial"] if row["alpha"] == 1.0][0]
+    assert alpha_one["cos"] == pytest.approx(1.0, abs=1e-6)  # α = 1 is SAM at ρ itself
+    assert alpha_one["norm_ratio"] == pytest.approx(1.0, abs=1e-6)
+    for name in ("geometry-steps.png", "geometry-searches.png", "geometry-noise.png"):
+        assert (out / "out" / name).read_bytes()[:8] == PNG
 
 
 def test_the_cache_key_follows_the_resolved_config():

@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--search-every",
         type=int,
         default=None,
-        help="XSAM: steps between alpha searches (default: once an epoch)",
+        help="XSAM: steps between alpha searches (default: once an epoch; 0: never, alpha stays 1)",
     )
     p.add_argument(
         "--xsam-reuse",

@@ -375,7 +375,9 @@ def plot_training_curves(
     return _finish(fig, title, path)
 
 
-def _bands(ax, curves: Mapping[str, Sequence[Sequence[float | None]]], name: str) -> None:
+def _bands(
+    ax, curves: Mapping[str, Sequence[Sequence[float | None]]], name: str, xlabel: str = "epoch"
+) -> None:
     """Mean ± one standard deviation over seeds per label; None entries leave gaps."""
     for i, (label, runs) in enumerate(curves.items()):
         values = np.array([[np.nan if v is None else v for v in run] for run in runs], np.float64)
@@ -424,15 +426,19 @@ def plot_curve_panels(
     curves: Mapping[str, Mapping[str, Sequence[Sequence[float | None]]]],
     ylabels: Mapping[str, str],
     *,
+    xlabel: str = "epoch",
+    hlines: Mapping[str, float] | None = None,
     title: str | None = None,
     path: str | os.PathLike | None = None,
 ) -> Figure:
-    """Several per-epoch quantities side by side, each as mean ± sd bands over seeds.
+    """Several quantities over epochs (or steps) side by side, as mean ± sd bands over seeds.
 
     Args:
       curves: panel name -> variant label -> one curve per seed (None entries are gaps, e.g.
         epochs before a first XSAM search).
       ylabels: panel name -> its y-axis label; the panels appear in this order.
+      xlabel: the x-axis label of every panel ("epoch", "step").
+      hlines: panel name -> a reference value drawn as a dotted line (e.g. 90 degrees).
       title: optional figure title.
       path: optional output file.
 
@@ -443,8 +449,10 @@ def plot_curve_panels(
         raise ValueError("ylabels must name at least one panel, got none")
     fig, axes = _figure(ncols=len(ylabels), width=3.8)
     for ax, (name, ylabel) in zip(axes, ylabels.items(), strict=True):
-        _bands(ax, curves[name], name)
+        _bands(ax, curves[name], name, xlabel)
         ax.set_ylabel(ylabel)
+        if hlines and name in hlines:
+            ax.axhline(hlines[name], color="0.4", linestyle=":", linewidth=1)
     axes[0].legend(fontsize="small")
     return _finish(fig, title, path)
 
@@ -541,4 +549,83 @@ def plot_accuracy_bars(
     ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) if high <= 1.0 else high + pad)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, axis="y")
+    return _finish(fig, title, path)
+
+
+def plot_alpha_curves(
+    alphas: ArrayLike,
+    curves: Mapping[str, ArrayLike],
+    *,
+    relative: bool = True,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Several XSAM search curves L(θ + ρ_max·v(α)) against α, each with its α* marked.
+
+    Args:
+      alphas: the grid, 1-D.
+      curves: label (e.g. "epoch 5") -> the probe losses on the grid.
+      relative: plot L(α) − L(α = 0), so curves at different loss levels compare.
+      title: optional figure title.
+      path: optional output file.
+
+    Returns:
+      The figure.
+    """
+    alphas = _vector("alphas", alphas)
+    if not curves:
+        raise ValueError("curves must hold at least one curve, got none")
+    fig, (ax,) = _figure(width=5.5)
+    for i, (label, losses) in enumerate(curves.items()):
+        losses = _same_length(f"curves[{label!r}]", losses, alphas)
+        values = losses - losses[0] if relative else losses
+        ax.plot(alphas, values, color=f"C{i}", label=label)
+        if np.isfinite(losses).any():
+            best = int(np.nanargmax(np.where(np.isfinite(losses), losses, -np.inf)))
+            ax.plot(alphas[best], values[best], "o", color=f"C{i}")
+    ax.axvline(1.0, color="0.6", linestyle=":", label=r"SAM ($\alpha = 1$)")
+    ax.set_xlabel(r"$\alpha$")
+    ax.set_ylabel(
+        r"$L(\theta + \rho_m v(\alpha)) - L(\theta + \rho_m v_0)$" if relative else "loss"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _finish(fig, title, path)
+
+
+def plot_alpha_star_spread(
+    grid: ArrayLike,
+    per_batch: ArrayLike,
+    whole: float,
+    *,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """How often each α* wins on single batches, against the α* of the whole data set.
+
+    Args:
+      grid: the α grid, 1-D.
+      per_batch: α* of each single-batch search.
+      whole: α* of the search on the whole training set.
+      title: optional figure title.
+      path: optional output file.
+
+    Returns:
+      The figure.
+    """
+    grid = _vector("grid", grid)
+    per_batch = _vector("per_batch", per_batch)
+    counts = [int(np.sum(np.isclose(per_batch, a))) for a in grid]
+    step = float(grid[1] - grid[0]) if grid.size > 1 else 1.0
+    fig, (ax,) = _figure()
+    ax.bar(grid, counts, width=0.8 * step, color="C0", label=f"{per_batch.size} single batches")
+    ax.axvline(
+        float(whole),
+        color="C3",
+        linestyle="--",
+        label=rf"whole training set: $\alpha^* = {float(whole):.1f}$",
+    )
+    ax.set_xlabel(r"$\alpha^*$")
+    ax.set_ylabel("searches")
+    ax.legend()
     return _finish(fig, title, path)

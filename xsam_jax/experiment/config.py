@@ -54,12 +54,13 @@ class TrainConfig:
     ``optimizer`` is a method of `METHODS` (a shorthand of `ALIASES` is rewritten into it);
     ``adaptive`` uses the ASAM ascent; ``late_phase_start`` F runs plain SGD for the first
     fraction F of the steps (None: the method throughout). ``rho`` None takes the default radius
-    (`default_radii`), ``rho_max`` None likewise (XSAM only), ``search_every`` None searches α*
-    once an epoch, ``xsam_reuse`` and ``max_rotation`` (degrees) are XSAM's options beyond the
-    paper (`xsam_jax.xsam`), ``model`` None takes the dataset's default model, ``augment`` None
-    augments image datasets only (crop, flip, Cutout). ``val_fraction`` holds out that fraction
-    of the training set for validation (deterministic per seed); ``test_size`` enlarges
-    MNIST-1D's test set with more signals from its generator.
+    (`default_radii`), ``rho_max`` None likewise (XSAM only). ``search_every`` None searches α*
+    once an epoch (0: never, α stays 1, i.e. SAM computed through XSAM); ``xsam_reuse`` and
+    ``max_rotation`` (degrees) are XSAM's options beyond the paper (`xsam_jax.xsam`).
+    ``model`` None takes the dataset's default model, ``augment`` None augments image datasets
+    only (crop, flip, Cutout). ``val_fraction`` holds out that fraction of the training set for
+    validation (deterministic per seed); ``test_size`` enlarges MNIST-1D's test set with more
+    signals from its generator.
     """
 
     optimizer: str = "xsam"
@@ -127,7 +128,7 @@ class TrainConfig:
         check_range("--wsam-gamma", self.wsam_gamma, low=0.0, high=1.0, high_open=True)
         # Fields whose None means "the default": checked when set (flags are never None).
         optional_checks = {
-            "search_every": lambda v: check_int("--search-every", v, low=1),
+            "search_every": lambda v: check_int("--search-every", v, low=0),
             "rho": lambda v: check_range("--rho", v, low=0.0),
             "rho_max": lambda v: check_range("--rho-max", v, low=0.0),
             "late_phase_start": lambda v: check_range("--late-phase-start", v, low=0.0, high=1.0),
@@ -240,7 +241,7 @@ def parse_variant(text: str) -> dict[str, Any]:
     if name not in OPTIMIZERS:
         raise ValueError(
             f"unknown method {name!r} in {text!r}; choose from "
-            f"{', '.join(OPTIMIZERS)} with modifiers +adaptive, +late=F"
+            f"{', '.join(OPTIMIZERS)} with modifiers +adaptive, +late=F, +rotation, +cap=D"
         )
     fields: dict[str, Any] = {"optimizer": name}
     for modifier in modifiers:
@@ -262,5 +263,8 @@ def parse_variant(text: str) -> dict[str, Any]:
                 message = f"+late=F needs a fraction F, got {modifier!r} in {text!r}"
                 raise ValueError(message) from None
         else:
-            raise ValueError(f"unknown modifier {modifier!r} in {text!r}; use +adaptive or +late=F")
+            raise ValueError(
+                f"unknown modifier {modifier!r} in {text!r}; use +adaptive, +late=F, +rotation "
+                "or +cap=D"
+            )
     return fields

@@ -51,7 +51,7 @@ def make_optimizer(
         "local_perturbation": local_perturbation,
     }
     if config.optimizer == "xsam":
-        every = config.search_every or steps_per_epoch
+        every = steps_per_epoch if config.search_every is None else config.search_every or None
         cap = None if config.max_rotation is None else math.radians(config.max_rotation)
         method = xs.xsam(
             rho, rho_max, search_every=every, reuse=config.xsam_reuse, max_rotation=cap, **shared
@@ -80,7 +80,7 @@ def cost(config: TrainConfig, plan: np.ndarray, steps_per_epoch: int) -> dict[st
     perturbed = int(np.sum(plan))
     gradients = int(plan.size) + config.ascent_steps * perturbed
     forwards = 0
-    if config.optimizer == "xsam":
+    if config.optimizer == "xsam" and config.search_every != 0:
         every = config.search_every or steps_per_epoch
         steps = np.arange(plan.size)
         forwards = int(np.sum(plan & (steps % every == 0))) * len(xs.alpha_grid(2.0, 0.1))

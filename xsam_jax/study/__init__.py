@@ -10,7 +10,8 @@ the study resumes where it stopped and can be run in parts (``--parts tune,final
 README's tables.
 
 Modules: `spec` (settings, methods, grids, seeds), `runs` (jobs, cache, worker processes),
-`stages` (tune, final, multi-step, late phase), `report` (tables and figures).
+`stages` (tune, final, multi-step, late phase), `geometry` (why XSAM fails where it fails:
+per-step angles, search curves, batch noise), `report` (tables and figures).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from xsam_jax.study.runs import Cache
 from xsam_jax.study.spec import Plan, full_plan, smoke_plan
 from xsam_jax.study.stages import Study, plan_description
 
-PARTS = ("tune", "final", "multistep", "late")
+PARTS = ("tune", "final", "multistep", "late", "geometry")
 RESULTS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "study"
 
 
@@ -67,6 +68,10 @@ def run_study(
         results["multistep"] = study.multistep(results["tuning"], results["final"])
     if "late" in parts:
         results["late_phase"] = study.late_phase(results["tuning"], results["final"])
+    if "geometry" in parts:
+        from xsam_jax.study import geometry
+
+        results["geometry"] = geometry.measure(plan.geometry, log)
     import jax
 
     results["environment"] = {
