@@ -5,7 +5,7 @@ Running the processes is tested in tests/training/test_multihost.py.
 
 import pytest
 
-from xsam_jax import cli
+from xsam_jax import cli, experiment
 from xsam_jax.experiment import launch
 
 SLURM_STEP = {
@@ -117,11 +117,36 @@ def test_bad_process_flags_get_a_one_line_error(flags, message, capsys):
     assert last == f"xsam-train: error: {message}"
 
 
-def test_over_processes_counts_every_device_and_checks_the_batch():
-    config = cli.TrainConfig(batch_size=64, devices=2)
-    assert cli._over_processes(config, 2).devices == 4
-    with pytest.raises(
-        ValueError,
-        match=r"--batch-size must be divisible by --devices × the 3 processes \(6\), got 64",
-    ):
-        cli._over_processes(config, 3)
+def joined_as_two_processes(monkeypatch) -> list:
+    """`cli.main` as process 0 of 2 (the join itself left out): the configs it would run."""
+    monkeypatch.setattr(cli, "_configure_devices", lambda devices, distributed: 2)
+    runs = []
+
+    def run(config, **kwargs):
+        runs.append(config)
+        return {"final_test_accuracy": 0.5}
+
+    monkeypatch.setattr(experiment, "run", run)
+    return runs
+
+
+JOINED = ["--coordinator", "h:1234", "--num-processes", "2", "--process-id", "0"]
+
+
+def test_a_run_of_several_processes_counts_every_device(monkeypatch, capsys):
+    """--devices is per process: m-sharpness per device is --batch-size / (2 x 2) = 16."""
+    runs = joined_as_two_processes(monkeypatch)
+    flags = ["--optimizer", "sam", "--batch-size", "64", "--devices", "2", "--m-sharpness", "16"]
+    assert cli.main(["--dataset", "digits", "--no-progress", *flags, *JOINED]) == 0
+    assert [(c.devices, c.m_sharpness, c.batch_size) for c in runs] == [(4, 16, 64)]
+    assert capsys.readouterr().out == "sam seed 0: final test accuracy 0.5000\n"
+
+
+def test_a_run_of_several_processes_needs_a_batch_for_every_device(monkeypatch, capsys):
+    joined_as_two_processes(monkeypatch)
+    with pytest.raises(SystemExit):
+        cli.main(["--dataset", "digits", "--batch-size", "64", "--devices", "3", *JOINED])
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "xsam-train: error: --batch-size must be divisible by --devices × the 2 processes (6), "
+        "got 64"
+    )

@@ -3,7 +3,9 @@
 With no arguments it trains the 1-D CNN on MNIST-1D (generated offline) with XSAM for 60 epochs,
 about a minute on a laptop CPU. `--compare sgd,sam,xsam+adaptive --seeds 0-4` runs several
 variants and seeds with otherwise equal settings and prints (and with `--out` writes) their mean
-accuracies with 95 % intervals and the paired differences to a baseline.
+accuracies with 95 % intervals and the paired differences to a baseline. Several processes
+(hosts) train one model together when started by SLURM, Open MPI or on a TPU pod, or with
+`--coordinator HOST:PORT --num-processes N --process-id I` (README, "On a cluster").
 """
 
 from __future__ import annotations
@@ -278,6 +280,12 @@ def _configs(args: argparse.Namespace, base: TrainConfig) -> dict[str, list[Trai
     }
 
 
+def _validate(configs: dict[str, list[TrainConfig]]) -> None:
+    """InvalidArgumentError naming the flag of the first bad value (seeds differ only)."""
+    for per_seed in configs.values():
+        per_seed[0].validate()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -291,19 +299,18 @@ def main(argv: list[str] | None = None) -> int:
     multiple = sum(len(c) for c in configs.values()) > 1
     lead = True  # the process that prints and writes the summary
     try:
-        for per_seed in configs.values():
-            per_seed[0].validate()
         distributed = launch.distributed_arguments(
             args.coordinator, args.num_processes, args.process_id, detect=args.distributed
         )
+        if distributed is None:  # one process: check the flags before JAX starts
+            _validate(configs)
         processes = _configure_devices(base.devices, distributed)
-        if processes > 1:
+        if distributed is not None:  # checked once the processes are counted (--devices is each's)
             import jax
 
             lead = jax.process_index() == 0
             configs = _configs(args, _over_processes(base, processes))
-            for per_seed in configs.values():
-                per_seed[0].validate()
+            _validate(configs)
         _configure_jit_cache(args.jit_cache, not args.no_jit_cache)
         from xsam_jax import experiment
 
