@@ -38,6 +38,13 @@ def main(process_id: int, port: int, output: str) -> None:
     assert [d.process_index for d in pair.devices.flat] == [0, 1]
     half = np.arange(process_id * 8, (process_id + 1) * 8)
     np.testing.assert_array_equal(training.process_batch_rows(pair, 16), half)
+    for uneven in (3, 5):  # not an equal share of each process's devices
+        try:
+            training.data_mesh(uneven)
+        except ValueError as err:
+            assert "multiple of the 2 processes with at most 2 devices" in str(err), err
+        else:
+            raise AssertionError(f"data_mesh({uneven}) spans the processes unevenly")
     mesh = training.data_mesh()
     model = make_model()
     tx = optax.chain(xs.sam(RHO), optax.sgd(LR, momentum=MOMENTUM))

@@ -98,7 +98,7 @@ class _Run:
         augment = images if config.augment is None else config.augment
         self.augmentation = data.Augmentation(cutout_size=16 if images else 0) if augment else None
         self.mesh = None
-        # The positions of every global batch this process loads: all on one process.
+        # The rows of every global batch this process loads (None: all, on one process).
         self.rows = None
         model = self.model
         if config.m_sharpness is not None and config.devices == 1:
