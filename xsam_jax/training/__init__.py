@@ -9,7 +9,7 @@ device, gradient accumulation, the SAM-ON mask (`normalization_mask`), and Orbax
 from typing import Any
 
 from xsam_jax.training.m_sharpness import make_m_sharpness_train_step
-from xsam_jax.training.masks import normalization_mask
+from xsam_jax.training.masks import NORMALIZATION_LAYERS, normalization_mask
 from xsam_jax.training.parallel import (
     data_mesh,
     make_pmap_train_step,
@@ -32,6 +32,7 @@ from xsam_jax.training.steps import (
 __all__ = [
     "CheckpointUnreadableError",
     "Checkpointer",
+    "NORMALIZATION_LAYERS",
     "Restored",
     "TrainState",
     "apply_model",
