@@ -31,7 +31,8 @@ def normalization_mask(model: nnx.Module) -> Callable[[Any], Any]:
                          optax.sgd(lr, momentum=0.9))
         state = training.TrainState.create(model, tx, rng=0)
 
-    (the SAM-ON paper uses larger radii than SAM, since fewer weights move).
+    (with fewer weights moving, SAM-ON wants larger radii than SAM: the authors' example runs
+    the ASAM ascent with ρ = 10).
 
     Args:
       model: the NNX model whose parameters the transformation will see.
