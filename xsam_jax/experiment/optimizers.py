@@ -39,6 +39,8 @@ def perturbation_mask(config: TrainConfig, model: nnx.Module | None) -> Any:
     """
     if config.perturbation_mask is None:
         return None
+    if model is None:
+        raise ValueError("--perturbation-mask needs the model: make_optimizer(..., model=model)")
     norms = [n for _, n in nnx.iter_graph(model) if isinstance(n, training.NORMALIZATION_LAYERS)]
     if not norms:
         raise InvalidArgumentError(
