@@ -43,7 +43,7 @@ def fisher_sam(
 
     Args:
       rho: the radius ρ ≥ 0 of the Fisher ball, the paper's γ (float or schedule). The
-        default 0.1 and η = 1 are the values the unofficial implementations use.
+        defaults ρ = 0.1 and η = 1 are an unofficial implementation's.
       eta: η ≥ 0, the weight of the Fisher term in the metric.
       ascent_steps, eps, axis_name, local_perturbation, perturbation_mask: as in `sam`. With a
         mask, f, the norm and the perturbation run over the selected leaves only.
