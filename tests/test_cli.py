@@ -265,6 +265,30 @@ def test_compare_with_seeds_writes_intervals_paired_differences_and_plots(tmp_pa
         (["--rho", "-1"], "--rho must be a finite float >= 0, got -1.0"),
         (["--momentum", "1"], "--momentum must be a finite float in [0, 1), got 1.0"),
         (["--wsam-gamma", "1"], "--wsam-gamma must be a finite float in [0, 1), got 1.0"),
+        (["--fsam-sigma", "-1"], "--fsam-sigma must be a finite float >= 0, got -1.0"),
+        (["--fsam-lambda", "2"], "--fsam-lambda must be a finite float in [0, 1], got 2.0"),
+        (["--vasso-theta", "2"], "--vasso-theta must be a finite float in [0, 1], got 2.0"),
+        (["--fisher-eta", "-1"], "--fisher-eta must be a finite float >= 0, got -1.0"),
+        (["--looksam-every", "0"], "--looksam-every must be an integer >= 1, got 0"),
+        (["--looksam-alpha", "-1"], "--looksam-alpha must be a finite float >= 0, got -1.0"),
+        (
+            ["--optimizer", "fisher-sam", "--adaptive"],
+            "--adaptive must be unset with --optimizer fisher-sam (its ball is the Fisher's), "
+            "got True",
+        ),
+        (
+            ["--optimizer", "sgd", "--perturbation-mask", "norm"],
+            "--perturbation-mask must be unset with --optimizer sgd",
+        ),
+        (
+            ["--optimizer", "sam", "--model", "mlp", "--perturbation-mask", "norm"],
+            "--perturbation-mask must be unset for --model mlp, which has no normalisation "
+            "layer, got 'norm'",
+        ),
+        (
+            ["--perturbation-mask", "all"],
+            "argument --perturbation-mask: invalid choice: 'all'",
+        ),
         (
             ["--late-phase-start", "1.5"],
             "--late-phase-start must be a finite float in [0, 1], got 1.5",

@@ -38,6 +38,17 @@ def documented(method, *, lr=0.05, momentum=0.9, weight_decay=5e-4):
     return optax.chain(*([] if method is None else [method]), *chain)
 
 
+# The normalisation layers of `models.transformer`, by name (its LayerNorms).
+LAYER_NORMS = ("ln1", "ln2", "final_ln")
+
+
+def in_layers(params, names):
+    """True on the leaves of `params` below a module named in `names`."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(getattr(entry, "key", None) in names for entry in path), params
+    )
+
+
 CASES = {
     "default xsam: rho 0.15, rho_max 2 rho, one search an epoch": (
         [],
@@ -85,6 +96,30 @@ CASES = {
     "sam+late=0.5": (["--optimizer", "sam+late=0.5"], xs.sam(xs.late_phase(0.05, TOTAL // 2))),
     "--gsam-alpha": (["--optimizer", "gsam", "--gsam-alpha", "0.2"], xs.gsam(0.05, 0.2)),
     "--wsam-gamma": (["--optimizer", "wsam", "--wsam-gamma", "0.7"], xs.wsam(0.05, 0.7)),
+    "fsam, --fsam-sigma, --fsam-lambda": (
+        ["--optimizer", "fsam", "--fsam-sigma", "0.5", "--fsam-lambda", "0.6"],
+        xs.fsam(0.05, 0.5, 0.6),
+    ),
+    "vasso, --vasso-theta": (
+        ["--optimizer", "vasso", "--vasso-theta", "0.4"],
+        xs.vasso(0.05, 0.4),
+    ),
+    "fisher-sam: rho 0.1, --fisher-eta": (
+        ["--optimizer", "fisher-sam", "--fisher-eta", "2"],
+        xs.fisher_sam(0.1, 2.0),
+    ),
+    "looksam, --looksam-every, --looksam-alpha: the plan skips the steps in between": (
+        ["--optimizer", "looksam", "--looksam-every", "3", "--looksam-alpha", "0.5"],
+        xs.looksam(0.05, 3, 0.5),
+    ),
+    "looksam+late=0.5": (
+        ["--optimizer", "looksam+late=0.5"],
+        xs.looksam(xs.late_phase(0.05, TOTAL // 2), 5, 0.7),
+    ),
+    "--perturbation-mask norm: the LayerNorms of the transformer (SAM-ON)": (
+        ["--optimizer", "sam", "--model", "transformer", "--perturbation-mask", "norm"],
+        xs.sam(0.05, perturbation_mask=lambda params: in_layers(params, LAYER_NORMS)),
+    ),
     "sgd": (["--optimizer", "sgd"], None),
 }
 
@@ -129,6 +164,15 @@ def test_base_optimizer_flags(flags, lr, momentum, weight_decay):
         jax.tree.leaves(built.state.params), jax.tree.leaves(state.params), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_looksam_takes_the_second_gradient_on_its_full_steps_only():
+    config = config_from_flags(["--optimizer", "looksam+late=0.5", "--looksam-every", "3"])
+    built = _Run(config)
+    steps = np.arange(TOTAL)
+    np.testing.assert_array_equal(built.perturb_plan, (steps >= TOTAL // 2) & (steps % 3 == 0))
+    cost = experiment.cost(config, built.perturb_plan, STEPS_PER_EPOCH)
+    assert cost["gradient_evaluations"] == TOTAL + int(np.sum(built.perturb_plan))
 
 
 def test_variants_and_aliases():

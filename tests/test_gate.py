@@ -93,8 +93,12 @@ def test_late_phase_with_a_plan_follows_the_reference_trajectory():
         lambda rho: xs.gsam(rho, 0.3),
         lambda rho: xs.wsam(rho, 0.7),
         lambda rho: xs.xsam(rho, 2 * RHO if callable(rho) else 2 * rho, search_every=2),
+        lambda rho: xs.fsam(rho, 0.8, 0.6),
+        lambda rho: xs.vasso(rho, 0.4),
+        lambda rho: xs.fisher_sam(rho, 2.0),
+        lambda rho: xs.sam(rho, perturbation_mask={"kernel": True, "bias": False}),
     ],
-    ids=["sam", "sam-k3-inf", "gsam", "wsam", "xsam"],
+    ids=["sam", "sam-k3-inf", "gsam", "wsam", "xsam", "fsam", "vasso", "fisher_sam", "sam-on"],
 )
 def test_planned_schedule_step_equals_the_float_step(method):
     """A schedule that is RHO on every step, with perturb=True, against the Python-float RHO."""

@@ -15,7 +15,10 @@ trace), `xsam_jax.landscape` (Proposition 1, α curves, interpolation, surfaces)
 """
 
 from xsam_jax._src.base import SAMState
+from xsam_jax._src.fisher_sam import fisher_sam
 from xsam_jax._src.gsam import gsam
+from xsam_jax._src.looksam import LookSAMState, looksam
+from xsam_jax._src.moving_average import MovingAverageState, fsam, vasso
 from xsam_jax._src.sam import asam, sam
 from xsam_jax._src.schedules import late_phase, perturbed_steps
 from xsam_jax._src.slerp import alpha_grid, slerp_coefficients
@@ -25,16 +28,22 @@ from xsam_jax._src.xsam import XSAMState, xsam
 __version__ = "0.1.0"
 
 __all__ = [
+    "LookSAMState",
+    "MovingAverageState",
     "SAMState",
     "WSAMDecoupledState",
     "XSAMState",
     "alpha_grid",
     "asam",
+    "fisher_sam",
+    "fsam",
     "gsam",
     "late_phase",
+    "looksam",
     "perturbed_steps",
     "sam",
     "slerp_coefficients",
+    "vasso",
     "wsam",
     "wsam_decoupled",
     "xsam",

@@ -17,7 +17,7 @@ import sys
 
 from xsam_jax._src.validation import InvalidArgumentError
 from xsam_jax.data import DatasetNotPreparedError
-from xsam_jax.experiment import OPTIMIZERS, TrainConfig, launch, parse_variant
+from xsam_jax.experiment import OPTIMIZERS, PERTURBATION_MASKS, TrainConfig, launch, parse_variant
 
 
 def _seed_list(text: str) -> list[int]:
@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="ascent radius (default: the study's choice for the dataset and model "
-        "where it measured them, else the paper's: sam/gsam/wsam 0.05, xsam 0.15, "
-        "adaptive 0.5)",
+        "where it measured them, else the paper's: sam/gsam/wsam/fsam/vasso/looksam 0.05, "
+        "xsam 0.15, fisher-sam 0.1, adaptive 0.5)",
     )
     p.add_argument(
         "--rho-max",
@@ -134,6 +134,48 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--gsam-alpha", type=float, default=defaults.gsam_alpha)
     p.add_argument("--wsam-gamma", type=float, default=defaults.wsam_gamma)
+    p.add_argument(
+        "--fsam-sigma",
+        type=float,
+        default=defaults.fsam_sigma,
+        help="fsam: how much of the gradient average is removed from the ascent direction",
+    )
+    p.add_argument(
+        "--fsam-lambda",
+        type=float,
+        default=defaults.fsam_lambda,
+        help="fsam: decay of the gradient average",
+    )
+    p.add_argument(
+        "--vasso-theta",
+        type=float,
+        default=defaults.vasso_theta,
+        help="vasso: weight of the newest gradient in the averaged ascent direction",
+    )
+    p.add_argument(
+        "--fisher-eta",
+        type=float,
+        default=defaults.fisher_eta,
+        help="fisher-sam: weight of the Fisher term in the metric 1 + eta*g^2",
+    )
+    p.add_argument(
+        "--looksam-every",
+        type=int,
+        default=defaults.looksam_every,
+        help="looksam: a full SAM step every this many steps",
+    )
+    p.add_argument(
+        "--looksam-alpha",
+        type=float,
+        default=defaults.looksam_alpha,
+        help="looksam: weight of the reused direction between full steps",
+    )
+    p.add_argument(
+        "--perturbation-mask",
+        choices=PERTURBATION_MASKS,
+        default=None,
+        help="perturb only these parameters: norm = the normalisation layers' (SAM-ON)",
+    )
     p.add_argument(
         "--late-phase-start",
         type=float,

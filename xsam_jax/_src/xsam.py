@@ -11,6 +11,7 @@ import optax
 from jax import lax
 
 from xsam_jax._src import search, tree_math
+from xsam_jax._src.ascent import restrict, selected_leaves
 from xsam_jax._src.base import Method, shared_options, sharpness_aware
 from xsam_jax._src.slerp import alpha_grid
 from xsam_jax._src.validation import (
@@ -83,6 +84,7 @@ def xsam(
     local_perturbation: bool = False,
     reuse: str = "alpha",
     max_rotation: float | None = None,
+    perturbation_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""XSAM: SAM along the best direction of the plane spanned by the ascent.
 
@@ -129,6 +131,12 @@ def xsam(
     ``max_rotation`` caps the turn directly: candidates with α·ψ above it are not chosen, and
     each step applies α_t = min(α*, max_rotation/ψ_t).
 
+    ``perturbation_mask`` (see `sam`) confines XSAM to the selected leaves S: the ascent moves
+    only them, so v0 is zero elsewhere; v1 is g_k restricted to S, so ψ, the plane and the
+    probes θ + ρ_max·v(α) all lie in S; the output is ‖g_k|S‖·v(α*) on S and g_k on the other
+    leaves (which SAM-ON also updates with the gradient at the ascent point), so α* = 1 is
+    SAM with the same mask.
+
     Args:
       rho: total ascent length ρ ≥ 0 (float or schedule); steps with ρ = 0 return the clean
         gradient without any extra gradient or search.
@@ -160,6 +168,7 @@ def xsam(
         or ``"rotation"`` (the angle α*·ψ, see above).
       max_rotation: the largest angle in radians, in (0, π], between v0 and an applied
         direction, or None (the paper: no cap).
+      perturbation_mask: the leaves XSAM perturbs (see above and `sam`); None = every leaf.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` with state `XSAMState`; `update` needs
@@ -183,7 +192,15 @@ def xsam(
         check_range("max_rotation", max_rotation, low=0.0, high=math.pi, low_open=True)
     options = shared_options(locals())
     method = _xsam_method(
-        grid, rho_max, search_every, alpha_init, search_chunk, eps, reuse, max_rotation
+        grid,
+        rho_max,
+        search_every,
+        alpha_init,
+        search_chunk,
+        eps,
+        reuse,
+        max_rotation,
+        options.ascent.perturbation_mask,
     )
     return sharpness_aware(method, rho, options)
 
@@ -197,6 +214,7 @@ def _xsam_method(
     eps: Any,
     reuse: str,
     max_rotation: float | None,
+    mask: Any,
 ) -> Method:
     """XSAM as a `Method`: α* lives in the state, and the output step runs the search."""
     rho_max_fn = as_schedule(rho_max)
@@ -241,7 +259,10 @@ def _xsam_method(
         return alpha
 
     def output(climb, state, step):
-        plane = search.ascent_plane(climb.chord, climb.g_k, eps)
+        # Python branch: without a mask the program is the unmasked one, op for op.
+        selected = None if mask is None else selected_leaves("perturbation_mask", mask, step.params)
+        g_plane = climb.g_k if selected is None else restrict(climb.g_k, selected)
+        plane = search.ascent_plane(climb.chord, g_plane, eps)
         psi = step.averaging.output(search.angle(plane))
         alpha, losses, search_rotation = state.alpha, state.alpha_losses, state.search_rotation
         if search_every is not None:
@@ -254,7 +275,11 @@ def _xsam_method(
         alpha_t = applied(alpha, search_rotation, psi)
         # ‖g_k‖·v(α_t): one fused combination of the chord and g_k (α = 1 gives g_k exactly).
         coefficients = search.along(plane, alpha_t, plane.grad_norm)
-        direction = tree_math.combine(coefficients, [climb.chord, climb.g_k], like=climb.g0)
+        direction = tree_math.combine(coefficients, [climb.chord, g_plane], like=climb.g0)
+        if selected is not None:  # leaves outside the mask: the gradient at ϑ_k, as in SAM
+            direction = jax.tree.map(
+                lambda s, d, g: d if s else g.astype(d.dtype), selected, direction, climb.g_k
+            )
         cos_psi = step.averaging.output(plane.cos_psi)
         return direction, state._replace(
             alpha=alpha,

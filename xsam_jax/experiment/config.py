@@ -1,10 +1,12 @@
 """What one run depends on: `TrainConfig`, the method names, their variants and defaults.
 
-A run is a *method* (``sgd``, ``sam``, ``xsam``, ``gsam``, ``wsam``) with two modifiers that
-apply to every sharpness-aware method: ``adaptive`` (the ASAM ascent, Kwon et al. 2021) and
-``late_phase_start`` (plain SGD until that fraction of training, then the method; Zhou et al.
-2025). ``asam`` and ``late-sam`` remain as shorthands. On the command line a variant is
-written ``method[+adaptive][+late=F]``, e.g. ``xsam+adaptive`` or ``sam+late=0.75``.
+A run is a *method* (``sgd``, ``sam``, ``xsam``, ``gsam``, ``wsam``, ``fsam``, ``vasso``,
+``fisher-sam``, ``looksam``) with two modifiers that apply to every sharpness-aware method:
+``adaptive`` (the ASAM ascent, Kwon et al. 2021; not for ``fisher-sam``, whose ball is the
+Fisher's) and ``late_phase_start`` (plain SGD until that fraction of training, then the
+method; Zhou et al. 2025). ``asam`` and ``late-sam`` remain as shorthands. On the command
+line a variant is written ``method[+adaptive][+late=F]``, e.g. ``xsam+adaptive`` or
+``sam+late=0.75``.
 
 Defaults that a later version may change (ρ, ρ_max, the model) are resolved before a run is
 saved (`TrainConfig.resolved`), so `--resume` and `xsam-analyse` read what the run used.
@@ -18,7 +20,7 @@ from typing import Any
 from xsam_jax import data, models
 from xsam_jax._src.validation import InvalidArgumentError, check_choice, check_int, check_range
 
-METHODS = ("sgd", "sam", "xsam", "gsam", "wsam")
+METHODS = ("sgd", "sam", "xsam", "gsam", "wsam", "fsam", "vasso", "fisher-sam", "looksam")
 # Shorthands: what each sets (a late phase only where --late-phase-start is not given).
 ALIASES: dict[str, dict[str, Any]] = {
     "asam": {"optimizer": "sam", "adaptive": True},
@@ -26,8 +28,20 @@ ALIASES: dict[str, dict[str, Any]] = {
 }
 OPTIMIZERS = METHODS + tuple(ALIASES)
 # The papers' radii: SAM's "solid default" (Foret et al. 2021), ASAM's (Kwon et al. 2021),
-# XSAM's 0.15 / 0.3 (Chen & Zhou 2026); GSAM and WSAM start from SAM's.
-PAPER_RHO = {"sam": 0.05, "xsam": 0.15, "gsam": 0.05, "wsam": 0.05}
+# XSAM's 0.15 / 0.3 (Chen & Zhou 2026); GSAM and WSAM start from SAM's; F-SAM and VaSSO from
+# their code's defaults (0.05); Fisher SAM's γ = 0.1; LookSAM (no official code) from SAM's.
+PAPER_RHO = {
+    "sam": 0.05,
+    "xsam": 0.15,
+    "gsam": 0.05,
+    "wsam": 0.05,
+    "fsam": 0.05,
+    "vasso": 0.05,
+    "fisher-sam": 0.1,
+    "looksam": 0.05,
+}
+# `perturbation_mask` values: "norm" perturbs the normalisation layers only (SAM-ON).
+PERTURBATION_MASKS = ("norm",)
 PAPER_RHO_ADAPTIVE = 0.5
 # Radii chosen on validation data by the study (`xsam-study`, README "Results"), per
 # (dataset, model): they replace the papers' where the study measured the setting.
@@ -80,6 +94,13 @@ class TrainConfig:
     max_rotation: float | None = None
     gsam_alpha: float = 0.4
     wsam_gamma: float = 0.9
+    fsam_sigma: float = 1.0
+    fsam_lambda: float = 0.9
+    vasso_theta: float = 0.9
+    fisher_eta: float = 1.0
+    looksam_every: int = 5
+    looksam_alpha: float = 0.7
+    perturbation_mask: str | None = None
     late_phase_start: float | None = None
     m_sharpness: int | None = None
     devices: int = 1
@@ -119,13 +140,24 @@ class TrainConfig:
         check_choice("--dataset", self.dataset, data.available())
         if self.model is not None:
             check_choice("--model", self.model, models.available())
-        for name in ("epochs", "batch_size", "ascent_steps", "devices"):
+        for name in ("epochs", "batch_size", "ascent_steps", "devices", "looksam_every"):
             check_int(flag(name), getattr(self, name), low=1)
         check_range("--lr", self.lr, low=0.0, low_open=True)
         check_range("--momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         check_range("--weight-decay", self.weight_decay, low=0.0)
         check_range("--gsam-alpha", self.gsam_alpha, low=0.0)
         check_range("--wsam-gamma", self.wsam_gamma, low=0.0, high=1.0, high_open=True)
+        check_range("--fsam-sigma", self.fsam_sigma, low=0.0)
+        check_range("--fsam-lambda", self.fsam_lambda, low=0.0, high=1.0)
+        check_range("--vasso-theta", self.vasso_theta, low=0.0, high=1.0)
+        check_range("--fisher-eta", self.fisher_eta, low=0.0)
+        check_range("--looksam-alpha", self.looksam_alpha, low=0.0)
+        if self.perturbation_mask is not None:
+            check_choice("--perturbation-mask", self.perturbation_mask, PERTURBATION_MASKS)
+        if self.optimizer == "fisher-sam" and self.adaptive:
+            raise InvalidArgumentError(
+                "--adaptive", "unset with --optimizer fisher-sam (its ball is the Fisher's)", True
+            )
         # Fields whose None means "the default": checked when set (flags are never None).
         optional_checks = {
             "search_every": lambda v: check_int("--search-every", v, low=0),
@@ -158,7 +190,7 @@ class TrainConfig:
             )
         check_int("--seed", self.seed, low=0)
         if self.optimizer == "sgd":
-            for name in ("adaptive", "late_phase_start", "m_sharpness"):
+            for name in ("adaptive", "late_phase_start", "m_sharpness", "perturbation_mask"):
                 if getattr(self, name) not in (None, False):
                     raise InvalidArgumentError(
                         flag(name),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -101,23 +102,20 @@ class _Run:
         # The rows of every global batch this process loads (None: all, on one process).
         self.rows = None
         model = self.model
+        optimizer = functools.partial(make_optimizer, config, self.steps_per_epoch, model=model)
         if config.m_sharpness is not None and config.devices == 1:
-            tx = make_optimizer(
-                config, self.steps_per_epoch, axis_name="groups", local_perturbation=True
-            )
+            tx = optimizer(axis_name="groups", local_perturbation=True)
             step = training.make_m_sharpness_train_step(model, tx, config.m_sharpness)
         elif config.m_sharpness is not None:
             self.mesh = training.data_mesh(config.devices)
-            tx = make_optimizer(
-                config, self.steps_per_epoch, axis_name="data", local_perturbation=True
-            )
+            tx = optimizer(axis_name="data", local_perturbation=True)
             step = training.make_shard_map_train_step(model, tx, self.mesh)
         elif config.devices > 1:
             self.mesh = training.data_mesh(config.devices)
-            tx = make_optimizer(config, self.steps_per_epoch)
+            tx = optimizer()
             step = training.make_sharded_train_step(model, tx, self.mesh)
         else:
-            tx = make_optimizer(config, self.steps_per_epoch)
+            tx = optimizer()
             step = training.make_train_step(model, tx)
         self.step = jax.jit(step, static_argnames="perturb") if self.mesh is None else step
         # Which steps take the second gradient, decided on the host so that a ρ schedule
