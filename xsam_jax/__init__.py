@@ -17,7 +17,7 @@ trace), `xsam_jax.landscape` (Proposition 1, α curves, interpolation, surfaces)
 from xsam_jax._src.base import SAMState
 from xsam_jax._src.gsam import gsam
 from xsam_jax._src.sam import asam, sam
-from xsam_jax._src.schedules import late_phase, perturbed_steps
+from xsam_jax._src.schedules import late_phase, periodic, perturbed_steps, randomized
 from xsam_jax._src.slerp import alpha_grid, slerp_coefficients
 from xsam_jax._src.wsam import WSAMDecoupledState, wsam, wsam_decoupled
 from xsam_jax._src.xsam import XSAMState, xsam
@@ -32,7 +32,9 @@ __all__ = [
     "asam",
     "gsam",
     "late_phase",
+    "periodic",
     "perturbed_steps",
+    "randomized",
     "sam",
     "slerp_coefficients",
     "wsam",
