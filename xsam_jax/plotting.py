@@ -550,6 +550,72 @@ def plot_tradeoff(
     return _finish(fig, title, path)
 
 
+def plot_frontier(
+    costs: Mapping[str, float],
+    values: Mapping[str, Sequence[float]],
+    *,
+    xlabel: str,
+    ylabel: str = "final test accuracy",
+    log_x: bool = False,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Methods as points (cost, mean with 95 % interval), the Pareto frontier of the means joined.
+
+    A method is on the frontier when no other is both at most as costly and at least as
+    accurate on average (`xsam_jax._src.stats.pareto_front`); those are labelled in bold and
+    joined by a dashed line, the others are labelled in grey.
+
+    Args:
+      costs: label -> the method's cost (e.g. gradient evaluations or seconds per run).
+      values: label -> its per-seed values (e.g. final test accuracies); the same labels.
+      xlabel: the x-axis label.
+      ylabel: the y-axis label.
+      log_x: a logarithmic x axis.
+      title: optional figure title.
+      path: optional output file.
+
+    Returns:
+      The figure.
+    """
+    from xsam_jax._src.stats import mean_ci95, pareto_front
+
+    if not costs or set(costs) != set(values):
+        raise ValueError(
+            f"costs and values must have the same labels, at least one, got {sorted(costs)} "
+            f"and {sorted(values)}"
+        )
+    labels = list(costs)
+    x = np.array([float(costs[label]) for label in labels])
+    stats = [mean_ci95(values[label]) for label in labels]
+    means = np.array([m for m, _ in stats])
+    halves = np.array([h if np.isfinite(h) else 0.0 for _, h in stats])
+    front = pareto_front(x, means)
+    fig, (ax,) = _figure(width=6.5, height=4.5)
+    ax.errorbar(x, means, yerr=halves, fmt="none", ecolor="0.6", capsize=3)
+    ax.scatter(x[~front], means[~front], color="0.5", zorder=3)
+    ax.scatter(x[front], means[front], color="C3", zorder=4, label="Pareto frontier")
+    order = np.argsort(x[front])
+    ax.plot(x[front][order], means[front][order], "--", color="C3")
+    for label, xi, yi, on_front in zip(labels, x, means, front, strict=True):
+        ax.annotate(
+            label,
+            (xi, yi),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+            color="black" if on_front else "0.4",
+            fontweight="bold" if on_front else "normal",
+        )
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    return _finish(fig, title, path)
+
+
 def plot_accuracy_bars(
     means: Mapping[str, float],
     half_widths: Mapping[str, float],

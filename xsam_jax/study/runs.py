@@ -27,7 +27,19 @@ from xsam_jax.experiment import TrainConfig
 CACHE_VERSION = 1
 # Config fields added after results were first cached, with the value that means what the
 # configs had before: left out of the key at that value, so those results keep their keys.
-LATER_FIELDS = {"perturb_every": None, "perturb_probability": None}
+LATER_FIELDS = {
+    "perturb_every": None,
+    "perturb_probability": None,
+    # The fields of fsam, vasso, fisher-sam, looksam and the perturbation masks (branch
+    # g-methods), at their defaults; absent fields are skipped.
+    "fsam_sigma": 1.0,
+    "fsam_lambda": 0.9,
+    "vasso_theta": 0.9,
+    "fisher_eta": 1.0,
+    "looksam_every": 5,
+    "looksam_alpha": 0.7,
+    "perturbation_mask": None,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +54,7 @@ class Job:
         """The cache key: SHA-256 of the resolved config, the options and the cache version."""
         config = dataclasses.asdict(self.config.resolved())
         for name, before in LATER_FIELDS.items():
-            if config[name] == before:
+            if name in config and config[name] == before:
                 del config[name]
         payload = {
             "config": config,
