@@ -101,7 +101,9 @@ def randomized(
     `jax.jit`, and `xsam_jax.perturbed_steps` evaluates the very same decisions on the host (a
     resumed run draws what it would have drawn). A run costs :math:`1 + k\,p` gradients per
     step in expectation (k = ``ascent_steps``); skipped steps take no second gradient, and the
-    ``perturb`` plan makes them as cheap on CPU as an SGD step (see `periodic`).
+    ``perturb`` plan makes them as cheap on CPU as an SGD step (see `periodic`). The seed is a
+    constant of the compiled step, so each seed compiles its own programs (a persistent
+    compilation cache cannot share them across seeds).
 
     Args:
       rho: the radius on the steps that climb (a float ≥ 0, or a schedule of the step count).
@@ -136,7 +138,8 @@ def randomized(
 def perturbed_steps(rho: float | optax.Schedule, num_steps: int) -> np.ndarray:
     r"""Which of the update counts 0, …, num_steps − 1 have ρ > 0, evaluated on the host.
 
-    The plan behind the ``perturb`` extra argument that every method's ``update`` accepts.
+    The plan behind the ``perturb`` extra argument that every method's ``update`` accepts, for
+    any schedule (`late_phase`, `periodic`, `randomized`, your own).
     A method whose ρ is a schedule (or an injected hyperparameter) decides inside the compiled
     step, with `lax.cond`, whether to take the second gradient. On XLA:CPU the gradient of a
     convolution inside a conditional runs many times slower than outside one (a 1-D CNN's SAM
