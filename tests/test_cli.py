@@ -262,6 +262,28 @@ def test_compare_with_seeds_writes_intervals_paired_differences_and_plots(tmp_pa
             "method), got 16",
         ),
         (["--resume"], "--resume needs --out"),
+        (["--perturb-every", "0"], "--perturb-every must be an integer >= 1, got 0"),
+        (
+            ["--perturb-probability", "0"],
+            "--perturb-probability must be a finite float in (0, 1], got 0.0",
+        ),
+        (
+            ["--perturb-every", "2", "--perturb-probability", "0.5"],
+            "--perturb-probability must be unset with --perturb-every, got 0.5",
+        ),
+        (
+            ["--optimizer", "sgd+every=2"],
+            "--perturb-every must be unset with --optimizer sgd (it modifies a sharpness-aware "
+            "method), got 2",
+        ),
+        (
+            ["--optimizer", "sam+random=0.5", "--seed", "4294967296"],
+            "--seed must be an integer in [0, 4294967295], got 4294967296",
+        ),
+        (
+            ["--optimizer", "sam+every=2.5"],
+            "argument --optimizer: +every=N needs a whole number of steps N, got 'every=2.5' in",
+        ),
         (["--rho", "-1"], "--rho must be a finite float >= 0, got -1.0"),
         (["--momentum", "1"], "--momentum must be a finite float in [0, 1), got 1.0"),
         (["--wsam-gamma", "1"], "--wsam-gamma must be a finite float in [0, 1), got 1.0"),

@@ -120,6 +120,22 @@ CASES = {
         ["--optimizer", "sam", "--model", "transformer", "--perturbation-mask", "norm"],
         xs.sam(0.05, perturbation_mask=lambda params: in_layers(params, LAYER_NORMS)),
     ),
+    "sam+every=2: SAM on the even steps": (
+        ["--optimizer", "sam+every=2"],
+        xs.sam(xs.periodic(0.05, 2)),
+    ),
+    "--perturb-every on xsam: the epoch's search moves to a climbing step": (
+        ["--perturb-every", "3"],
+        xs.xsam(xs.periodic(0.15, 3), 0.3, search_every=STEPS_PER_EPOCH),
+    ),
+    "gsam+random=0.5: draws from --seed": (
+        ["--optimizer", "gsam+random=0.5", "--seed", "7"],
+        xs.gsam(xs.randomized(0.05, 0.5, seed=7), 0.4),
+    ),
+    "--perturb-probability with a late phase: SGD, then random SAM steps": (
+        ["--optimizer", "sam+late=0.5", "--perturb-probability", "0.4"],
+        xs.sam(xs.late_phase(xs.randomized(0.05, 0.4, seed=0), TOTAL // 2)),
+    ),
     "sgd": (["--optimizer", "sgd"], None),
 }
 
@@ -175,6 +191,29 @@ def test_looksam_takes_the_second_gradient_on_its_full_steps_only():
     assert cost["gradient_evaluations"] == TOTAL + int(np.sum(built.perturb_plan))
 
 
+@pytest.mark.parametrize(
+    "flags,gradients,probes",
+    [
+        # SAM on the 11 even steps of 22: one extra gradient each.
+        (["--optimizer", "sam+every=2"], 22 + 11, 0),
+        # XSAM on steps 0, 3, ..., 21 (8 steps); one search an epoch (steps 0-10, 11-21): at
+        # step 0 and at step 12, the first that climbs in the second epoch.
+        (["--perturb-every", "3"], 22 + 8, 2 * 21),
+        # SGD until step 11, then XSAM on the even steps 12, ..., 20; one search, at step 12.
+        (["--optimizer", "xsam+late=0.5+every=2"], 22 + 5, 21),
+        # Every step climbs twice; searches at steps 0 and 11.
+        (["--ascent-steps", "2"], 22 + 2 * 22, 2 * 21),
+    ],
+)
+def test_cost_counts_the_gradients_and_probes_of_the_plan(flags, gradients, probes):
+    config = config_from_flags(flags)
+    plan = experiment.perturb_plan(config, STEPS_PER_EPOCH)
+    assert experiment.cost(config, plan, STEPS_PER_EPOCH) == {
+        "gradient_evaluations": gradients,
+        "probe_evaluations": probes,
+    }
+
+
 def test_variants_and_aliases():
     assert experiment.parse_variant("xsam+adaptive+late=0.75") == {
         "optimizer": "xsam",
@@ -182,6 +221,15 @@ def test_variants_and_aliases():
         "late_phase_start": 0.75,
     }
     assert experiment.parse_variant("xsam+late") == {"optimizer": "xsam", "late_phase_start": 0.8}
+    assert experiment.parse_variant("sam+every=2+late=0.5") == {
+        "optimizer": "sam",
+        "perturb_every": 2,
+        "late_phase_start": 0.5,
+    }
+    assert experiment.parse_variant("gsam+random=0.25") == {
+        "optimizer": "gsam",
+        "perturb_probability": 0.25,
+    }
     late = experiment.TrainConfig(optimizer="late-sam")
     assert (late.optimizer, late.adaptive, late.late_phase_start) == ("sam", False, 0.8)
     early = experiment.TrainConfig(optimizer="late-sam", late_phase_start=0.3)
@@ -192,6 +240,7 @@ def test_variants_and_aliases():
         ("adamw", "unknown method 'adamw'"),
         ("sam+late=x", r"\+late=F needs"),
         ("sam+slow", "unknown modifier 'slow'"),
+        ("sam+random=half", r"\+random=P needs a probability P, got 'random=half'"),
     ):
         with pytest.raises(ValueError, match=message):
             experiment.parse_variant(bad)

@@ -149,6 +149,28 @@ def test_the_cache_key_follows_the_resolved_config():
     assert runs.Job(base, test=True).key() != key
 
 
+def test_cached_results_keep_their_keys_when_config_fields_are_added():
+    """Keys computed by the version that cached the running study's results (5a68771): a
+    field added to TrainConfig since must be left out of the key at its old meaning."""
+    tuning = experiment.TrainConfig(
+        optimizer="xsam",
+        model="cnn1d",
+        test_size=10_000,
+        val_fraction=0.2,
+        rho=0.1,
+        rho_max=0.2,
+        seed=100,
+    )
+    assert runs.Job(tuning).key() == "3a1056a99d9d763d492d"
+    final = experiment.TrainConfig(
+        optimizer="sam", dataset="digits", model="mlp", epochs=2, val_fraction=0.2, rho=0.05
+    )
+    assert runs.Job(final, test=True, diagnostics=True).key() == "7dadc59a0dac2965b19a"
+    assert runs.Job(dataclasses.replace(final, perturb_every=2), test=True).key() != (
+        runs.Job(final, test=True).key()
+    )
+
+
 def test_every_method_has_a_grid_of_the_same_size():
     assert {len(m.grid) for m in spec.METHODS} == {spec.GRID_SIZE}
     assert not set(spec.TUNING_SEEDS) & set(spec.FINAL_SEEDS)

@@ -64,6 +64,24 @@ CASES = [
         lambda: xs.late_phase(-0.05, 10),
         "rho must be a finite float >= 0 or an optax schedule, got -0.05",
     ),
+    (lambda: xs.periodic(0.05, 0), "every must be an integer >= 1, got 0"),
+    (lambda: xs.periodic(0.05, 2.0), "every must be an integer >= 1, got 2.0"),
+    (
+        lambda: xs.periodic(-1.0, 2),
+        "rho must be a finite float >= 0 or an optax schedule, got -1.0",
+    ),
+    (
+        lambda: xs.randomized(0.05, 1.5, seed=0),
+        "probability must be a finite float in [0, 1], got 1.5",
+    ),
+    (
+        lambda: xs.randomized(0.05, 0.5, seed=-1),
+        "seed must be an integer in [0, 4294967295], got -1",
+    ),
+    (
+        lambda: xs.randomized(0.05, 0.5, seed=2**32),
+        "seed must be an integer in [0, 4294967295], got 4294967296",
+    ),
 ]
 
 

@@ -20,7 +20,7 @@ from xsam_jax._src.gsam import gsam
 from xsam_jax._src.looksam import LookSAMState, looksam
 from xsam_jax._src.moving_average import MovingAverageState, fsam, vasso
 from xsam_jax._src.sam import asam, sam
-from xsam_jax._src.schedules import late_phase, perturbed_steps
+from xsam_jax._src.schedules import late_phase, periodic, perturbed_steps, randomized
 from xsam_jax._src.slerp import alpha_grid, slerp_coefficients
 from xsam_jax._src.wsam import WSAMDecoupledState, wsam, wsam_decoupled
 from xsam_jax._src.xsam import XSAMState, xsam
@@ -40,7 +40,9 @@ __all__ = [
     "gsam",
     "late_phase",
     "looksam",
+    "periodic",
     "perturbed_steps",
+    "randomized",
     "sam",
     "slerp_coefficients",
     "vasso",

@@ -63,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_variant,
         default=defaults.optimizer,
         metavar="VARIANT",
-        help=f"{' | '.join(OPTIMIZERS)}, optionally with +adaptive (ASAM ascent) "
-        "and +late=F (SGD until fraction F of training), e.g. xsam+adaptive",
+        help=f"{' | '.join(OPTIMIZERS)}, optionally with +adaptive (ASAM ascent), "
+        "+late=F (SGD until fraction F of training), +every=N (climb on every N-th step) or "
+        "+random=P (on a random fraction P of the steps), e.g. xsam+adaptive, sam+every=2",
     )
     p.add_argument(
         "--compare",
@@ -182,6 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="FRACTION",
         help="train with SGD for this fraction of the steps, then with the method (late-sam: 0.8)",
+    )
+    p.add_argument(
+        "--perturb-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="climb on every N-th step only (steps 0, N, 2N, ...), plain SGD steps between",
+    )
+    p.add_argument(
+        "--perturb-probability",
+        type=float,
+        default=None,
+        metavar="P",
+        help="climb on a random fraction P of the steps (drawn from --seed), SGD on the others",
     )
     p.add_argument(
         "--m-sharpness",

@@ -37,6 +37,8 @@ class XSAMState(NamedTuple):
         applied: α·ψ (NaN before the first climb).
       search_rotation: α*·ψ at the last search, in radians (NaN before it): the rotation the
         search chose, which ``reuse="rotation"`` keeps until the next search.
+      searched_period: ``count // search_every`` of the last search step (int32, −1 before
+        it): a period whose index exceeds it has not searched yet.
 
     The floats are in the params' computation dtype: float32, or float64 for float64 params.
     """
@@ -47,6 +49,7 @@ class XSAMState(NamedTuple):
     cos_psi: jax.Array
     rotation: jax.Array
     search_rotation: jax.Array
+    searched_period: jax.Array
 
 
 _REUSE = ("alpha", "rotation")
@@ -98,7 +101,7 @@ def xsam(
       v(\alpha) = \frac{\sin((1-\alpha)\psi)\,v_0 + \sin(\alpha\psi)\,v_1}{\sin\psi},
 
     with g_k = ∇L(ϑ_k) and one global angle ψ over the whole pytree (v0 = g0/‖g0‖ for one
-    step). On search steps (``count % search_every == 0``) it sets
+    step). On search steps it sets
 
     .. math::
       \alpha^* = \arg\max_{\alpha \in \{0, \Delta, \dots, a\}} L(\theta + \rho_{\max} v(\alpha)),
@@ -115,6 +118,14 @@ def xsam(
     formed as one fused combination of the ascent chord and g_k. α* = 1 is (multi-step) SAM
     and α* = 0 the paper's "SGD+". The authors search once an epoch: pass
     ``search_every=steps_per_epoch``. With ``search_every=None`` α stays ``alpha_init``.
+
+    The search steps are the first step that climbs (ρ > 0) in each period of
+    ``search_every`` steps: ``count % search_every == 0`` when every step climbs, the paper's
+    rule. With a ρ schedule that skips steps (`periodic`, `randomized`, `late_phase`) a
+    scheduled search whose ρ is 0 is not lost but moves to the next step that climbs, so α* is
+    still searched about once per period (at most once; on every climbing step if steps climb
+    less often than once a period).
+
     When sin ψ → 0 the exact limit v(α) = (1−α)v0 + αv1 is used (the authors' code uses
     (v0 + v1)/2 there). Weight decay and momentum stay in the base optimizer chained after.
 
@@ -140,8 +151,8 @@ def xsam(
     Args:
       rho: total ascent length ρ ≥ 0 (float or schedule); steps with ρ = 0 return the clean
         gradient without any extra gradient or search.
-      rho_max: probe radius ρ_max ≥ 0 (an absolute distance; float or schedule); the search is
-        skipped on steps where it is 0.
+      rho_max: probe radius ρ_max ≥ 0 (an absolute distance; float or schedule); a search
+        step where it is 0 searches nothing (its period keeps the previous α*).
       ascent_steps: number k ≥ 1 of ascent steps; None means 1.
       alpha_max: a ≥ 0, largest candidate α; None means 2.0.
       alpha_step: Δ > 0, grid spacing; None means 0.1 (21 candidates with a = 2). These three
@@ -229,6 +240,7 @@ def _xsam_method(
             cos_psi=nan,
             rotation=nan,
             search_rotation=nan,
+            searched_period=jnp.full([], -1, jnp.int32),
         )
 
     def search_alpha(plane, psi, radius, state, step):
@@ -265,13 +277,21 @@ def _xsam_method(
         plane = search.ascent_plane(climb.chord, g_plane, eps)
         psi = step.averaging.output(search.angle(plane))
         alpha, losses, search_rotation = state.alpha, state.alpha_losses, state.search_rotation
+        searched_period = state.searched_period
         if search_every is not None:
             radius = rho_max_fn(state.count).astype(psi.dtype)
+            # This runs on climbing steps only: the first of each period searches, even if the
+            # period's first step did not climb. Integer bookkeeping only, so a float ρ (every
+            # step climbs, the search at count % search_every == 0) compiles the same
+            # floating-point program as before.
+            period = state.count // search_every
+            due = period > searched_period
             alpha, losses, search_rotation = lax.cond(
-                (state.count % search_every == 0) & (radius > 0),
+                due & (radius > 0),
                 lambda: search_alpha(plane, psi, radius, state, step),
                 lambda: (alpha, losses, search_rotation),
             )
+            searched_period = jnp.where(due, period, searched_period)
         alpha_t = applied(alpha, search_rotation, psi)
         # ‖g_k‖·v(α_t): one fused combination of the chord and g_k (α = 1 gives g_k exactly).
         coefficients = search.along(plane, alpha_t, plane.grad_norm)
@@ -287,6 +307,7 @@ def _xsam_method(
             cos_psi=cos_psi,
             rotation=alpha_t * psi,
             search_rotation=search_rotation,
+            searched_period=searched_period,
         )
 
     return Method("xsam", output, init)

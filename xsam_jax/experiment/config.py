@@ -1,12 +1,14 @@
 """What one run depends on: `TrainConfig`, the method names, their variants and defaults.
 
 A run is a *method* (``sgd``, ``sam``, ``xsam``, ``gsam``, ``wsam``, ``fsam``, ``vasso``,
-``fisher-sam``, ``looksam``) with two modifiers that apply to every sharpness-aware method:
+``fisher-sam``, ``looksam``) with modifiers that apply to every sharpness-aware method:
 ``adaptive`` (the ASAM ascent, Kwon et al. 2021; not for ``fisher-sam``, whose ball is the
-Fisher's) and ``late_phase_start`` (plain SGD until that fraction of training, then the
-method; Zhou et al. 2025). ``asam`` and ``late-sam`` remain as shorthands. On the command
-line a variant is written ``method[+adaptive][+late=F]``, e.g. ``xsam+adaptive`` or
-``sam+late=0.75``.
+Fisher's), ``late_phase_start`` (plain SGD until that fraction of training, then the method;
+Zhou et al. 2025) and the cheaper schedules ``perturb_every`` (the method on every N-th step,
+plain SGD steps between) or ``perturb_probability`` (the method on a random fraction of the
+steps; Zhao et al. 2022). ``asam`` and ``late-sam`` remain as shorthands. On the command line
+a variant is written ``method[+adaptive][+late=F][+every=N|+random=P]``, with XSAM's
+``+rotation`` and ``+cap=D``, e.g. ``xsam+adaptive``, ``sam+late=0.75`` or ``sam+every=2``.
 
 Defaults that a later version may change (ρ, ρ_max, the model) are resolved before a run is
 saved (`TrainConfig.resolved`), so `--resume` and `xsam-analyse` read what the run used.
@@ -67,14 +69,16 @@ class TrainConfig:
 
     ``optimizer`` is a method of `METHODS` (a shorthand of `ALIASES` is rewritten into it);
     ``adaptive`` uses the ASAM ascent; ``late_phase_start`` F runs plain SGD for the first
-    fraction F of the steps (None: the method throughout). ``rho`` None takes the default radius
-    (`default_radii`), ``rho_max`` None likewise (XSAM only). ``search_every`` None searches α*
-    once an epoch (0: never, α stays 1, i.e. SAM computed through XSAM); ``xsam_reuse`` and
-    ``max_rotation`` (degrees) are XSAM's options beyond the paper (`xsam_jax.xsam`).
-    ``model`` None takes the dataset's default model, ``augment`` None augments image datasets
-    only (crop, flip, Cutout). ``val_fraction`` holds out that fraction of the training set for
-    validation (deterministic per seed); ``test_size`` enlarges MNIST-1D's test set with more
-    signals from its generator.
+    fraction F of the steps (None: the method throughout); after it, ``perturb_every`` N climbs
+    on the steps whose count is a multiple of N only, ``perturb_probability`` P on a random
+    fraction P of them (drawn from the run's seed), the other steps being plain SGD steps
+    (None: every step). ``rho`` None takes the default radius (`default_radii`), ``rho_max``
+    None likewise (XSAM only). ``search_every`` None searches α* once an epoch (0: never, α
+    stays 1, i.e. SAM computed through XSAM); ``xsam_reuse`` and ``max_rotation`` (degrees) are
+    XSAM's options beyond the paper (`xsam_jax.xsam`). ``model`` None takes the dataset's
+    default model, ``augment`` None augments image datasets only (crop, flip, Cutout).
+    ``val_fraction`` holds out that fraction of the training set for validation (deterministic
+    per seed); ``test_size`` enlarges MNIST-1D's test set with more signals from its generator.
     """
 
     optimizer: str = "xsam"
@@ -102,6 +106,8 @@ class TrainConfig:
     looksam_alpha: float = 0.7
     perturbation_mask: str | None = None
     late_phase_start: float | None = None
+    perturb_every: int | None = None
+    perturb_probability: float | None = None
     m_sharpness: int | None = None
     devices: int = 1
     augment: bool | None = None
@@ -164,6 +170,10 @@ class TrainConfig:
             "rho": lambda v: check_range("--rho", v, low=0.0),
             "rho_max": lambda v: check_range("--rho-max", v, low=0.0),
             "late_phase_start": lambda v: check_range("--late-phase-start", v, low=0.0, high=1.0),
+            "perturb_every": lambda v: check_int("--perturb-every", v, low=1),
+            "perturb_probability": lambda v: check_range(
+                "--perturb-probability", v, low=0.0, high=1.0, low_open=True
+            ),
             "val_fraction": lambda v: check_range(
                 "--val-fraction", v, low=0.0, high=1.0, low_open=True, high_open=True
             ),
@@ -189,8 +199,22 @@ class TrainConfig:
                 self.test_size,
             )
         check_int("--seed", self.seed, low=0)
+        if self.perturb_probability is not None:
+            if self.perturb_every is not None:
+                raise InvalidArgumentError(
+                    "--perturb-probability", "unset with --perturb-every", self.perturb_probability
+                )
+            # The seed also seeds the steps' draws (`xsam_jax.randomized`).
+            check_int("--seed", self.seed, low=0, high=2**32 - 1)
         if self.optimizer == "sgd":
-            for name in ("adaptive", "late_phase_start", "m_sharpness", "perturbation_mask"):
+            for name in (
+                "adaptive",
+                "late_phase_start",
+                "perturb_every",
+                "perturb_probability",
+                "m_sharpness",
+                "perturbation_mask",
+            ):
                 if getattr(self, name) not in (None, False):
                     raise InvalidArgumentError(
                         flag(name),
@@ -253,18 +277,27 @@ def default_radii(config: TrainConfig) -> tuple[float | None, float | None]:
     return rho, PAPER_RHO["xsam"] * 2 if config.adaptive else 2 * rho
 
 
+# Variant modifiers of the cheaper schedules: name -> (field, type, what a bad value is told).
+_SCHEDULE_MODIFIERS = {
+    "every": ("perturb_every", int, "+every=N needs a whole number of steps N"),
+    "random": ("perturb_probability", float, "+random=P needs a probability P"),
+}
+
+
 def parse_variant(text: str) -> dict[str, Any]:
-    """The config fields of a variant label ``method[+adaptive][+late=F][+rotation][+cap=D]``.
+    """The config fields of a variant label ``method[+adaptive][+late=F][+rotation][+cap=D]``
+    with at most one of ``[+every=N]`` and ``[+random=P]``.
 
     Args:
       text: e.g. ``"xsam"``, ``"asam"``, ``"xsam+adaptive"``, ``"sam+late=0.75"``,
         ``"xsam+late"`` (the late phase of `ALIASES`, from 80 % of training),
         ``"xsam+rotation"`` (XSAM reusing the searched angle), ``"xsam+cap=30"`` (XSAM turning
-        at most 30 degrees from v0).
+        at most 30 degrees from v0), ``"sam+every=2"`` (SAM on every second step, SGD steps
+        between), ``"sam+random=0.5"`` (SAM on a random half of the steps).
 
     Returns:
       The fields it sets: ``optimizer`` and possibly ``adaptive``, ``late_phase_start``,
-      ``xsam_reuse`` and ``max_rotation``.
+      ``xsam_reuse``, ``max_rotation``, ``perturb_every`` and ``perturb_probability``.
 
     Raises:
       ValueError: for an unknown method or modifier, naming the allowed ones.
@@ -273,7 +306,8 @@ def parse_variant(text: str) -> dict[str, Any]:
     if name not in OPTIMIZERS:
         raise ValueError(
             f"unknown method {name!r} in {text!r}; choose from "
-            f"{', '.join(OPTIMIZERS)} with modifiers +adaptive, +late=F, +rotation, +cap=D"
+            f"{', '.join(OPTIMIZERS)} with modifiers +adaptive, +late=F, +every=N, +random=P, "
+            "+rotation, +cap=D"
         )
     fields: dict[str, Any] = {"optimizer": name}
     for modifier in modifiers:
@@ -288,6 +322,12 @@ def parse_variant(text: str) -> dict[str, Any]:
             except ValueError:
                 message = f"+cap=D needs an angle D in degrees, got {modifier!r} in {text!r}"
                 raise ValueError(message) from None
+        elif key in _SCHEDULE_MODIFIERS:
+            field, kind, needs = _SCHEDULE_MODIFIERS[key]
+            try:
+                fields[field] = kind(value)
+            except ValueError:
+                raise ValueError(f"{needs}, got {modifier!r} in {text!r}") from None
         elif key == "late":
             try:
                 fields["late_phase_start"] = float(value) if value else 0.8
@@ -296,7 +336,7 @@ def parse_variant(text: str) -> dict[str, Any]:
                 raise ValueError(message) from None
         else:
             raise ValueError(
-                f"unknown modifier {modifier!r} in {text!r}; use +adaptive, +late=F, +rotation "
-                "or +cap=D"
+                f"unknown modifier {modifier!r} in {text!r}; use +adaptive, +late=F, "
+                "+every=N, +random=P, +rotation or +cap=D"
             )
     return fields

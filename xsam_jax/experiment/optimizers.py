@@ -16,14 +16,21 @@ from xsam_jax.experiment.config import TrainConfig, default_radii
 
 
 def rho_schedule(config: TrainConfig, steps_per_epoch: int) -> float | optax.Schedule:
-    """The ρ the method is built with: a float, or with a late phase a `late_phase` schedule.
+    """The ρ the method is built with: a float, or a schedule of the step count.
 
-    A late phase trains with SGD until step ⌊late_phase_start · epochs · steps_per_epoch⌋ and
-    with the method from that step on; "sgd" has ρ = 0.
+    ``perturb_every`` N climbs on the steps whose count is a multiple of N (`xs.periodic`),
+    ``perturb_probability`` P on a random fraction P of the steps drawn from the run's seed
+    (`xs.randomized`). A late phase trains with SGD until step ⌊late_phase_start · epochs ·
+    steps_per_epoch⌋ and from that step on as the method (with its schedule) would; "sgd" has
+    ρ = 0.
     """
     rho, _ = default_radii(config)
     if rho is None:
         return 0.0
+    if config.perturb_every is not None:
+        rho = xs.periodic(rho, config.perturb_every)
+    elif config.perturb_probability is not None:
+        rho = xs.randomized(rho, config.perturb_probability, seed=config.seed)
     if config.late_phase_start is not None:
         total = config.epochs * steps_per_epoch
         return xs.late_phase(rho, int(config.late_phase_start * total))
@@ -120,13 +127,14 @@ def cost(config: TrainConfig, plan: np.ndarray, steps_per_epoch: int) -> dict[st
     """Forward-backward passes (gradients) and forward-only passes (XSAM probes) of a run.
 
     Every step takes the clean gradient; a perturbed step takes ``ascent_steps`` more; XSAM
-    evaluates one forward pass per α candidate on each search step that is perturbed.
+    evaluates one forward pass per α candidate on each search step: the first perturbed step
+    of each search period (`xsam_jax.xsam`).
     """
     perturbed = int(np.sum(plan))
     gradients = int(plan.size) + config.ascent_steps * perturbed
     forwards = 0
     if config.optimizer == "xsam" and config.search_every != 0:
         every = config.search_every or steps_per_epoch
-        steps = np.arange(plan.size)
-        forwards = int(np.sum(plan & (steps % every == 0))) * len(xs.alpha_grid(2.0, 0.1))
+        periods_searched = np.unique(np.flatnonzero(plan) // every).size
+        forwards = periods_searched * len(xs.alpha_grid(2.0, 0.1))
     return {"gradient_evaluations": gradients, "probe_evaluations": forwards}

@@ -96,16 +96,20 @@ def write_report(results: dict[str, Any], out: str | pathlib.Path) -> None:
     report.figures(results, out)
 
 
-def readme_with_tables(readme: str, tables: dict[str, str]) -> str:
-    """The README text with each ``<!-- study:NAME -->`` block replaced by table NAME."""
+def readme_with_tables(readme: str, tables: dict[str, str], prefix: str = "study") -> str:
+    """The README text with each ``<!-- PREFIX:NAME -->`` block replaced by table NAME.
+
+    Other benchmarks keep their own blocks under another prefix (``frontier``).
+    """
 
     def replace(match: re.Match) -> str:
         name = match.group(1)
         if name not in tables:
-            raise KeyError(f"README block study:{name} names no table of the results")
-        return f"<!-- study:{name} -->\n{tables[name]}\n<!-- /study:{name} -->"
+            raise KeyError(f"README block {prefix}:{name} names no table of the results")
+        return f"<!-- {prefix}:{name} -->\n{tables[name]}\n<!-- /{prefix}:{name} -->"
 
-    return re.sub(r"<!-- study:([\w-]+) -->\n.*?<!-- /study:\1 -->", replace, readme, flags=re.S)
+    pattern = rf"<!-- {prefix}:([\w-]+) -->\n.*?<!-- /{prefix}:\1 -->"
+    return re.sub(pattern, replace, readme, flags=re.S)
 
 
 def build_parser() -> argparse.ArgumentParser:
