@@ -99,6 +99,12 @@ METHODS = (
     ),
 )
 
+# Every sharpness-aware method trains with the common recipe's learning rate; SGD tunes its
+# learning rate instead. So the final runs also train SGD at the recipe's rate, untuned: the
+# baseline that isolates what the sharpness-aware gradient adds (tables: "vs SGD").
+RECIPE_LR = 0.05
+RECIPE_SGD = Method("sgd@0.05", {"optimizer": "sgd"}, ({"lr": RECIPE_LR},))
+
 # Multi-step ascent (MNIST-1D only): the XSAM paper reports SAM degrading with k and XSAM
 # improving. ρ is the total ascent length, at each method's tuned value.
 MULTISTEP_SETTING = "mnist1d/cnn1d"
@@ -126,12 +132,13 @@ class Plan:
     late_methods: tuple[str, ...]
     late_starts: tuple[float, ...]
     geometry: geometry.Settings = geometry.Settings()
+    references: tuple[Method, ...] = (RECIPE_SGD,)
 
     def setting(self, name: str) -> Setting:
         return next(s for s in self.settings if s.name == name)
 
     def method(self, label: str) -> Method:
-        return next(m for m in self.methods if m.label == label)
+        return next(m for m in self.methods + self.references if m.label == label)
 
 
 def full_plan() -> Plan:

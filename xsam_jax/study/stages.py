@@ -112,24 +112,34 @@ class Study:
         return tuning
 
     def final(self, tuning: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Each method at its chosen point on the final seeds, test set and diagnostics."""
+        """Each method at its chosen point on the final seeds, test set and diagnostics.
+
+        The plan's references (untuned, a single point) run alike, after the methods.
+        """
+
+        def choice(setting: Setting, method: Method) -> dict[str, Any]:
+            if method in self.plan.references:
+                return method.grid[0]
+            return tuning[setting.name][method.label]["choice"]
+
         jobs = {
-            (setting.name, method.label, seed): Job(
-                config_for(setting, method, tuning[setting.name][method.label]["choice"], seed),
-                test=True,
-                diagnostics=True,
+            (setting.name, method.label, seed): (
+                choice(setting, method),
+                Job(
+                    config_for(setting, method, choice(setting, method), seed),
+                    test=True,
+                    diagnostics=True,
+                ),
             )
             for setting in self.plan.settings
-            for method in self.plan.methods
+            for method in self.plan.methods + self.plan.references
             for seed in self.plan.final_seeds
         }
         self.log(f"final: {len(jobs)} runs")
-        results = self._run(list(jobs.values()))
+        results = self._run([job for _, job in jobs.values()])
         final: dict[str, dict[str, Any]] = {}
-        for (setting, label, _), job in jobs.items():
-            entry = final.setdefault(setting, {}).setdefault(
-                label, {"params": tuning[setting][label]["choice"], "runs": []}
-            )
+        for (setting, label, _), (params, job) in jobs.items():
+            entry = final.setdefault(setting, {}).setdefault(label, {"params": params, "runs": []})
             entry["runs"].append(condense(results[job.key()], curves=True))
         return final
 
@@ -187,6 +197,7 @@ def plan_description(plan: Plan) -> dict[str, Any]:
     return {
         "settings": [dataclasses.asdict(s) | {"name": s.name} for s in plan.settings],
         "methods": {m.label: {"fields": m.fields, "grid": list(m.grid)} for m in plan.methods},
+        "references": {m.label: {"fields": m.fields, "params": m.grid[0]} for m in plan.references},
         "tuning_seeds": list(plan.tuning_seeds),
         "final_seeds": list(plan.final_seeds),
         "multistep": {
