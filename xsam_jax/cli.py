@@ -6,6 +6,8 @@ variants and seeds with otherwise equal settings and prints (and with `--out` wr
 accuracies with 95 % intervals and the paired differences to a baseline. Several processes
 (hosts) train one model together when started by SLURM, Open MPI or on a TPU pod, or with
 `--coordinator HOST:PORT --num-processes N --process-id I` (README, "On a cluster").
+`--recipe NAME` starts from a paper's setup (`--recipe list` names them); flags given with it
+override the recipe's values.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ import sys
 
 from xsam_jax._src.validation import InvalidArgumentError
 from xsam_jax.data import DatasetNotPreparedError
-from xsam_jax.experiment import OPTIMIZERS, PERTURBATION_MASKS, TrainConfig, launch, parse_variant
+from xsam_jax.experiment import (
+    OPTIMIZERS,
+    PERTURBATION_MASKS,
+    TrainConfig,
+    launch,
+    parse_variant,
+    recipes,
+)
 
 
 def _seed_list(text: str) -> list[int]:
@@ -51,13 +60,23 @@ def _variant_list(text: str) -> list[str]:
     return labels
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
+    """The `xsam-train` parser; with a `recipe` of `recipes.RECIPES`, its values are the
+    defaults, so that only the flags given on the command line replace them."""
     defaults = TrainConfig()
     p = argparse.ArgumentParser(
         prog="xsam-train",
         description="Train a model with SGD or a sharpness-aware optimizer (SAM family, XSAM).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    p.add_argument(
+        "--recipe",
+        choices=[*recipes.RECIPES, "list"],
+        default=None,
+        metavar="NAME",
+        help="start from a paper's setup (flags given too override it); list: name them all",
+    )
+    p.add_argument("--list-recipes", action="store_true", help="name the recipes and exit")
     p.add_argument(
         "--optimizer",
         type=_variant,
@@ -279,7 +298,24 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: $XSAM_JAX_CACHE/xla or ~/.cache/xsam_jax/xla)",
     )
     p.add_argument("--no-jit-cache", action="store_true", help="compile afresh every run")
+    if recipe in recipes.RECIPES:
+        p.set_defaults(**recipes.cli_defaults(recipe))
     return p
+
+
+def _recipe_name(argv: list[str] | None) -> str | None:
+    """The --recipe of a command line, read before the parser is built (unchecked)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--recipe")
+    return early.parse_known_args(argv)[0].recipe
+
+
+def _late_phase_flag_wins(args: argparse.Namespace, recipe: str | None) -> None:
+    """An explicit --late-phase-start replaces the late phase a recipe's variant carries."""
+    if recipe not in recipes.RECIPES or args.late_phase_start is None:
+        return
+    if args.optimizer == recipes.cli_defaults(recipe)["optimizer"]:
+        args.optimizer = recipes.RECIPES[recipe].fields["optimizer"]
 
 
 def _configure_jit_cache(directory: str | None, enabled: bool) -> None:
@@ -344,8 +380,13 @@ def _validate(configs: dict[str, list[TrainConfig]]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    recipe = _recipe_name(argv)
+    parser = build_parser(recipe)
     args = parser.parse_args(argv)
+    if args.list_recipes or args.recipe == "list":
+        print(recipes.format_recipes())
+        return 0
+    _late_phase_flag_wins(args, recipe)
     fields = {f.name for f in dataclasses.fields(TrainConfig)} - {"optimizer"}
     base = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     if args.resume and not args.out:

@@ -165,6 +165,7 @@ def test_registry_lists_and_builds_every_name():
             "wrn16_8",
             "wrn28_10",
             "vgg11",
+            "vgg11_mlp",
             "vgg16",
             "densenet121",
             "cnn1d",

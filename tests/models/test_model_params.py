@@ -157,6 +157,7 @@ def test_vgg11_xsam_head():
     # The XSAM authors' VGG-11 head 512 -> 4096 -> 4096 -> C adds 18.9M parameters.
     assert count("vgg11") == 9_231_114
     assert count("vgg11", classifier="mlp") == vgg_formula("vgg11", 10, mlp=True) == 28_149_514
+    assert count("vgg11_mlp") == 28_149_514  # the registry name the XSAM recipes use
 
 
 def test_small_model_counts():

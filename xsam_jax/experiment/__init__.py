@@ -6,6 +6,7 @@
 - `train`: `run(config)` trains with a progress bar, evaluates every epoch and, with `out`,
   writes `metrics.json`, `curves.png` and Orbax checkpoints that `resume` continues
   bit-exactly; `load_run` restores what a run saved;
+- `recipes`: the papers' setups by name (`RECIPES`, `recipe_config`; `xsam-train --recipe`);
 - `compare`: side-by-side variants over seeds, with 95 % intervals and paired differences;
 - `launch`: joining the other processes of a run on several hosts (`jax.distributed`).
 """
@@ -25,6 +26,7 @@ from xsam_jax.experiment.config import (
     parse_variant,
 )
 from xsam_jax.experiment.optimizers import cost, make_optimizer, perturb_plan, rho_schedule
+from xsam_jax.experiment.recipes import RECIPES, Recipe, format_recipes, recipe_config
 from xsam_jax.experiment.train import (
     current_alpha,
     current_xsam_state,
@@ -40,17 +42,21 @@ __all__ = [
     "PAPER_RHO",
     "PAPER_RHO_ADAPTIVE",
     "PERTURBATION_MASKS",
+    "RECIPES",
+    "Recipe",
     "TUNED_RADII",
     "TrainConfig",
     "cost",
     "current_alpha",
     "current_xsam_state",
     "default_radii",
+    "format_recipes",
     "format_table",
     "load_run",
     "make_optimizer",
     "parse_variant",
     "perturb_plan",
+    "recipe_config",
     "rho_schedule",
     "run",
     "summarise",

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -57,6 +58,8 @@ _REGISTRY: dict[str, _Entry] = {
     "wrn16_8": _Entry(wrn16_8, _IMAGES),
     "wrn28_10": _Entry(wrn28_10, _IMAGES),
     "vgg11": _Entry(vgg11, _IMAGES),
+    # The VGG-11-BN the XSAM authors train: the 512 -> 4096 -> 4096 -> C head with dropout.
+    "vgg11_mlp": _Entry(functools.partial(vgg11, classifier="mlp"), _IMAGES),
     "vgg16": _Entry(vgg16, _IMAGES),
     "densenet121": _Entry(densenet121, _IMAGES),
     "cnn1d": _Entry(CNN1D, _ANY),
