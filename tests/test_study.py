@@ -184,3 +184,15 @@ def test_readme_tables_are_the_committed_results():
     readme = (ROOT / "README.md").read_text()
     assert study.readme_with_tables(readme, report.tables(results)) == readme
     assert "<!-- study:results-mnist1d-cnn1d_wide -->" in readme
+
+
+def test_xsam_train_defaults_are_the_radii_the_study_chose():
+    path = ROOT / "benchmarks" / "results" / "study" / "results.json"
+    if not path.exists():
+        pytest.skip("the study's results are not committed yet")
+    results = json.loads(path.read_text())
+    assert experiment.TUNED_RADII == report.tuned_radii(results)
+    # ... and they reach the runs: MNIST-1D's default run uses the study's XSAM radii.
+    choice = results["tuning"]["mnist1d/cnn1d"]["xsam"]["choice"]
+    resolved = experiment.TrainConfig().resolved()
+    assert (resolved.rho, resolved.rho_max) == (choice["rho"], choice["rho_max"])

@@ -188,6 +188,31 @@ def equivalence_table(results: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# Study labels whose choice `xsam-train` takes as its default radii, by `default_radii`'s key.
+DEFAULT_RADII_LABELS = {
+    "sam": "sam",
+    "asam": "sam+adaptive",
+    "gsam": "gsam",
+    "wsam": "wsam",
+    "xsam": "xsam",
+    "xsam+adaptive": "xsam+adaptive",
+}
+
+
+def tuned_radii(results: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+    """The radii chosen on validation per (dataset, model), as `experiment.TUNED_RADII` holds
+    them: `xsam-train`'s defaults come from the study, and a test holds them to it."""
+    settings = {s["name"]: (s["dataset"], s["model"]) for s in results["plan"]["settings"]}
+    return {
+        settings[name]: {
+            key: dict(by_label[label]["choice"])
+            for label, key in DEFAULT_RADII_LABELS.items()
+            if label in by_label
+        }
+        for name, by_label in results["tuning"].items()
+    }
+
+
 def tables(results: Mapping[str, Any]) -> dict[str, str]:
     """Every table of the study by name (the README's ``<!-- study:NAME -->`` blocks)."""
     out = {}
