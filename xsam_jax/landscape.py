@@ -47,6 +47,18 @@ from xsam_jax._src.slerp import alpha_grid
 from xsam_jax._src.tree_math import PyTree
 from xsam_jax._src.validation import check_choice, check_grid, check_int, check_range
 
+__all__ = [
+    "AlphaCurve",
+    "Interpolation",
+    "Proposition1Result",
+    "alpha_curve",
+    "filter_normalized_direction",
+    "interpolate",
+    "loss_surface_1d",
+    "loss_surface_2d",
+    "proposition1",
+]
+
 _VECTOR_MODES = ("zero", "filter")
 
 
@@ -242,6 +254,20 @@ def alpha_curve(
 
     Returns:
       `AlphaCurve` (alphas, losses, α*, cos ψ, L(θ)).
+
+    Examples:
+      The problem of `xsam_jax.xsam`'s example: the loss rises from v0 (α = 0) through
+      SAM's v1 (α = 1) to its maximum at α = 1.9:
+
+      >>> import jax.numpy as jnp
+      >>> from xsam_jax import landscape
+      >>> def loss(w):
+      ...     return 0.5 * (w[0] ** 2 + 4.0 * w[1] ** 2)
+      >>> curve = landscape.alpha_curve(loss, jnp.array([3.0, 1.0]), rho=1.0, rho_max=2.0)
+      >>> [round(float(curve.losses[i]), 3) for i in (0, 10, 19, 20)]  # alphas 0, 1, 1.9, 2
+      [22.34, 23.139, 23.392, 23.39]
+      >>> round(float(curve.alpha_star), 4)
+      1.9
     """
     alphas = alpha_grid(2.0, 0.1) if alphas is None else check_grid("alphas", alphas)
     check_range("rho", rho, low=0.0)

@@ -34,6 +34,12 @@ def late_phase(rho: float | optax.Schedule, start_step: int) -> Callable[[jax.Ar
     Returns:
       A schedule `count -> ρ_t`.
 
+    Examples:
+      >>> import xsam_jax as xs
+      >>> schedule = xs.late_phase(0.25, start_step=3)
+      >>> [float(schedule(t)) for t in range(5)]
+      [0.0, 0.0, 0.0, 0.25, 0.25]
+
     References:
       Zhou et al., `Sharpness-Aware Minimization Efficiently Selects Flatter Minima Late in
       Training <https://arxiv.org/abs/2410.10373>`_, ICLR 2025.
@@ -76,6 +82,11 @@ def perturbed_steps(rho: float | optax.Schedule, num_steps: int) -> np.ndarray:
 
     Returns:
       A NumPy bool array of shape ``(num_steps,)``: entry t is True iff ρ(t) > 0.
+
+    Examples:
+      >>> import xsam_jax as xs
+      >>> xs.perturbed_steps(xs.late_phase(0.25, start_step=3), 5).tolist()
+      [False, False, False, True, True]
     """
     check_radius("rho", rho)
     check_int("num_steps", num_steps, low=0)

@@ -173,7 +173,7 @@ class Dataset:
             prefetch: batches prepared ahead in a background thread; 0 for none.
 
         Returns:
-            An iterator of `{"x": float32, "y": int32}` batches.
+            An iterator of ``{"x": float32, "y": int32}`` batches.
         """
 
         def transform(xb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -202,7 +202,7 @@ class Dataset:
             prefetch: batches prepared ahead in a background thread; 0 for none.
 
         Returns:
-            An iterator of `{"x": float32, "y": int32}` batches.
+            An iterator of ``{"x": float32, "y": int32}`` batches.
         """
         return self._ordered_batches(self.x_test, self.y_test, batch_size, prefetch)
 
@@ -214,7 +214,7 @@ class Dataset:
             prefetch: batches prepared ahead in a background thread; 0 for none.
 
         Returns:
-            An iterator of `{"x": float32, "y": int32}` batches.
+            An iterator of ``{"x": float32, "y": int32}`` batches.
         """
         x, y = self._validation()
         return self._ordered_batches(x, y, batch_size, prefetch)
