@@ -59,6 +59,7 @@ __all__ = [
     "proposition1",
 ]
 
+Grid = Sequence[float] | jax.Array | np.ndarray  # a 1-D grid of radii, α or coordinates
 _VECTOR_MODES = ("zero", "filter")
 
 
@@ -141,11 +142,11 @@ def _proposition1(loss_fn, params, radii, alphas, rho, eps, *, steps, chunk):
 def proposition1(
     loss_fn: Callable[[PyTree], jax.Array],
     params: PyTree,
-    radii: Sequence[float] | jax.Array,
+    radii: Grid,
     *,
     rho: float = 0.05,
     ascent_steps: int = 1,
-    alphas: Sequence[float] | jax.Array | None = None,
+    alphas: Grid | None = None,
     chunk: int | None = None,
     eps: float = 1e-12,
 ) -> Proposition1Result:
@@ -223,7 +224,7 @@ def alpha_curve(
     rho: float = 0.15,
     rho_max: float = 0.3,
     ascent_steps: int = 1,
-    alphas: Sequence[float] | jax.Array | None = None,
+    alphas: Grid | None = None,
     chunk: int | None = None,
     eps: float = 1e-12,
 ) -> AlphaCurve:
@@ -344,7 +345,7 @@ def interpolate(
     check_int("chunk", chunk, low=1, optional=True)
     check_range("lo", lo)
     check_range("hi", hi, low=lo, low_open=True)
-    if jax.tree.structure(params_a) != jax.tree.structure(params_b) or any(
+    if jax.tree.structure(params_a) != jax.tree.structure(params_b) or any(  # type: ignore[operator]
         jnp.shape(a) != jnp.shape(b)
         for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True)
     ):
@@ -443,7 +444,7 @@ def loss_surface_1d(
     fn: Callable[[PyTree], PyTree],
     params: PyTree,
     direction: PyTree,
-    coordinates: Sequence[float] | jax.Array,
+    coordinates: Grid,
     *,
     chunk: int | None = None,
 ) -> PyTree:
@@ -468,8 +469,8 @@ def loss_surface_2d(
     fn: Callable[[PyTree], PyTree],
     params: PyTree,
     directions: tuple[PyTree, PyTree],
-    x: Sequence[float] | jax.Array,
-    y: Sequence[float] | jax.Array,
+    x: Grid,
+    y: Grid,
     *,
     chunk: int | None = None,
 ) -> PyTree:

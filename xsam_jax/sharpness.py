@@ -142,7 +142,7 @@ def stack_batches(batches: Iterable[PyTree]) -> PyTree:
     shapes = [jnp.shape(x) for x in jax.tree.leaves(batches[0])]
     for i, batch in enumerate(batches[1:], start=1):
         if (
-            jax.tree.structure(batch) != structure
+            jax.tree.structure(batch) != structure  # type: ignore[operator]
             or [jnp.shape(x) for x in jax.tree.leaves(batch)] != shapes
         ):
             raise ValueError(
@@ -601,7 +601,7 @@ def max_loss_in_ball(
     step_size = rho if step_size is None else step_size
     check_range("step_size", step_size, low=0.0, low_open=True)
     check_range("eps", eps, low=0.0)
-    rho, step_size, eps = (jnp.asarray(x, jnp.float32) for x in (rho, step_size, eps))
+    radius, length, tiny = (jnp.asarray(x, jnp.float32) for x in (rho, step_size, eps))
     zero = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), params)
 
     def value_and_grad(epsilon):
@@ -614,13 +614,13 @@ def max_loss_in_ball(
     else:
         flat, unravel = ravel_pytree(zero)
         start = unravel(jax.random.normal(key, flat.shape, jnp.float32))
-    epsilon = _ascend(zero, start, rho, rho, eps)  # a step of length ρ from 0: onto the sphere
+    epsilon = _ascend(zero, start, radius, radius, tiny)  # length ρ from 0: onto the sphere
     # ε = 0 is a candidate, so the estimate is a valid lower bound of the true max (≥ 0).
     best_epsilon, best_loss = zero, loss0
     for _ in range(steps):
         loss, grad = value_and_grad(epsilon)
         best_epsilon, best_loss = _keep_best(best_epsilon, best_loss, epsilon, loss)
-        epsilon = _ascend(epsilon, grad, step_size, rho, eps)
+        epsilon = _ascend(epsilon, grad, length, radius, tiny)
     last = _mean(_value_kernel, loss_fn, batches, jnp.zeros((), jnp.float32), params, epsilon)
     best_epsilon, best_loss = _keep_best(best_epsilon, best_loss, epsilon, last)
     return BallSharpness(best_loss - loss0, best_epsilon, loss0, best_loss)
@@ -669,7 +669,7 @@ def nnx_loss_fn(
         deterministic=True,
         raise_if_not_found=False,
     )
-    graphdef, params, rest = nnx.split(view, wrt, ...)
+    graphdef, params, rest = nnx.split(view, wrt, ...)  # type: ignore[misc]
     rest = nnx.as_pure(rest)
 
     def loss_fn(params: PyTree, batch: Any) -> jax.Array:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +10,7 @@ import optax
 from xsam_jax._src.validation import as_schedule, check_int, check_radius
 
 
-def late_phase(rho: float | optax.Schedule, start_step: int) -> Callable[[jax.Array], jax.Array]:
+def late_phase(rho: float | optax.Schedule, start_step: int) -> optax.Schedule:
     r"""ρ schedule for late-phase SAM: 0 before `start_step`, ρ from it on.
 
     Zhou et al. (2025) show that training with SGD and switching to SAM for the last few
@@ -49,7 +47,8 @@ def late_phase(rho: float | optax.Schedule, start_step: int) -> Callable[[jax.Ar
     rho_fn = as_schedule(rho)
     start = int(start_step)
 
-    def schedule(count: jax.Array) -> jax.Array:
+    def schedule(count: jax.typing.ArrayLike) -> jax.Array:
+        count = jnp.asarray(count)
         return jnp.where(count >= start, rho_fn(count), 0.0)
 
     return schedule

@@ -94,7 +94,7 @@ class WSAMDecoupledState(NamedTuple):
       base: the base optimizer's state.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
     base: optax.OptState
 
 

@@ -40,7 +40,7 @@ class XSAMState(NamedTuple):
     The floats are in the params' computation dtype: float32, or float64 for float64 params.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
     alpha: jax.Array
     alpha_losses: jax.Array
     cos_psi: jax.Array

@@ -76,7 +76,7 @@ def random_flip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         The batch with the selected images mirrored.
     """
     _check_images(x)
-    flip = rng.random(x.shape[0]) < 0.5
+    flip = rng.random((x.shape[0],)) < 0.5
     return np.where(flip[:, None, None, None], x[:, :, ::-1], x)
 
 

@@ -220,7 +220,7 @@ class Dataset:
         return self._ordered_batches(x, y, batch_size, prefetch)
 
     def _validation(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.x_val is None:
+        if self.x_val is None or self.y_val is None:
             raise ValueError(
                 f"the {self.name!r} dataset has no validation split; call split_validation first"
             )
