@@ -19,6 +19,8 @@ DOCUMENTED = [
     xs.wsam_decoupled,
     xs.xsam,
     xs.late_phase,
+    xs.periodic,
+    xs.randomized,
     xs.perturbed_steps,
     sharpness.hessian_eigenvalues,
     sharpness.hessian_trace,

@@ -76,6 +76,17 @@ def periodic(rho: float | optax.Schedule, every: int) -> float | optax.Schedule:
 
     Returns:
       A schedule `count -> ρ_t`, or `rho` for ``every=1``.
+
+    Examples:
+      Steps 0, 3, 6 climb; inside a late-phase schedule from step 4, only the even steps from
+      4 on:
+
+      >>> import xsam_jax as xs
+      >>> schedule = xs.periodic(0.25, every=3)
+      >>> [float(schedule(t)) for t in range(7)]
+      [0.25, 0.0, 0.0, 0.25, 0.0, 0.0, 0.25]
+      >>> xs.perturbed_steps(xs.periodic(xs.late_phase(0.25, start_step=4), 2), 8).tolist()
+      [False, False, False, False, True, False, True, False]
     """
     check_radius("rho", rho)
     check_int("every", every, low=1)
@@ -119,6 +130,17 @@ def randomized(
 
     Returns:
       A schedule `count -> ρ_t`, or `rho` for ``probability=1``.
+
+    Examples:
+      Probability 0 never climbs; probability 1/2 climbs on about half of the steps (over
+      1000 steps, a binomial fraction with standard deviation 0.016):
+
+      >>> import xsam_jax as xs
+      >>> xs.perturbed_steps(xs.randomized(0.25, probability=0.0, seed=0), 4).tolist()
+      [False, False, False, False]
+      >>> plan = xs.perturbed_steps(xs.randomized(0.25, probability=0.5, seed=7), 1000)
+      >>> bool(0.4 < plan.mean() < 0.6)
+      True
 
     References:
       Zhao, Zhang, Hu, `Randomized Sharpness-Aware Training for Boosting Computational
