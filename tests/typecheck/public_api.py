@@ -16,23 +16,27 @@ import xsam_jax as xs
 from xsam_jax import data, landscape, models, sharpness, training
 
 Params = dict[str, jax.Array]
+Tx = optax.GradientTransformationExtraArgs
 
 
 def loss(params: Params, x: jax.Array) -> jax.Array:
     return jnp.mean(jnp.tanh(x @ params["w"]) ** 2)
 
 
-def every_method(steps_per_epoch: int) -> list[optax.GradientTransformationExtraArgs]:
+def every_method(steps_per_epoch: int) -> None:
+    # assert_type, not a list: a factory whose result became Any fails here.
     schedule = xs.late_phase(0.05, start_step=8)
-    return [
-        xs.sam(0.05),
-        xs.sam(schedule, ascent_steps=2, norm="inf"),
-        xs.asam(0.5, eta=0.01),
-        xs.xsam(0.15, 0.3, search_every=steps_per_epoch, reuse="rotation"),
-        xs.gsam(0.05, alpha=0.4),
-        xs.wsam(0.05, gamma=0.9),
-        xs.wsam_decoupled(optax.sgd(0.1, momentum=0.9), 0.1, rho=0.05),
-    ]
+    assert_type(xs.sam(0.05), Tx)
+    assert_type(xs.sam(schedule, ascent_steps=2, norm="inf"), Tx)
+    assert_type(xs.asam(0.5, eta=0.01), Tx)
+    assert_type(xs.xsam(0.15, 0.3, search_every=steps_per_epoch, reuse="rotation"), Tx)
+    assert_type(xs.gsam(0.05, alpha=0.4), Tx)
+    assert_type(xs.wsam(0.05, gamma=0.9), Tx)
+    assert_type(xs.wsam_decoupled(optax.sgd(0.1, momentum=0.9), 0.1, rho=0.05), Tx)
+    assert_type(xs.fsam(0.05, sigma=1.0, lmbda=0.9), Tx)
+    assert_type(xs.vasso(xs.periodic(0.05, every=2), theta=0.9), Tx)
+    assert_type(xs.fisher_sam(0.1, eta=1.0, perturbation_mask={"w": True}), Tx)
+    assert_type(xs.looksam(xs.randomized(0.05, probability=0.5, seed=0), every=5, alpha=0.7), Tx)
 
 
 def one_step(params: Params, x: jax.Array) -> tuple[Params, optax.OptState]:
@@ -52,7 +56,7 @@ def schedules() -> None:
     plan = xs.perturbed_steps(xs.late_phase(0.05, start_step=8), 10)
     assert_type(plan, np.ndarray)
     assert_type(xs.alpha_grid(2.0, 0.1), np.ndarray)
-    assert_type(xs.sam(), optax.GradientTransformationExtraArgs)
+    assert_type(xs.sam(), Tx)
 
 
 def sharpness_and_landscape(params: Params, x: jax.Array) -> float:
@@ -69,6 +73,9 @@ def sharpness_and_landscape(params: Params, x: jax.Array) -> float:
     assert_type(curve, landscape.AlphaCurve)
     prop = landscape.proposition1(loss_fn, params, np.linspace(0.0, 0.5, 6))
     assert_type(prop, landscape.Proposition1Result)
+    density = sharpness.spectral_density(loss_fn, params, key=key, num_probes=2, num_iters=8)
+    assert_type(density, sharpness.SpectralDensity)
+    assert_type(sharpness.smoothed_density(density, np.linspace(-1, 1, 9), width=0.1), np.ndarray)
     return float(trace.mean) + float(ball.sharpness) + float(curve.alpha_star) + float(top[0])
 
 
@@ -76,7 +83,8 @@ def train_a_model() -> float:
     ds = data.load("digits")
     assert_type(ds, data.Dataset)
     model = models.create("mlp", ds.num_classes, in_features=64, rngs=nnx.Rngs(0))
-    tx = optax.chain(xs.sam(0.05), optax.sgd(0.05, momentum=0.9))
+    mask = training.normalization_mask(model)
+    tx = optax.chain(xs.sam(0.05, perturbation_mask=mask), optax.sgd(0.05, momentum=0.9))
     state = training.TrainState.create(model, tx, rng=0)
     assert_type(state, training.TrainState)
     train_step = jax.jit(training.make_train_step(model, tx))
