@@ -47,6 +47,19 @@ from xsam_jax._src.slerp import alpha_grid
 from xsam_jax._src.tree_math import PyTree
 from xsam_jax._src.validation import check_choice, check_grid, check_int, check_range
 
+__all__ = [
+    "AlphaCurve",
+    "Interpolation",
+    "Proposition1Result",
+    "alpha_curve",
+    "filter_normalized_direction",
+    "interpolate",
+    "loss_surface_1d",
+    "loss_surface_2d",
+    "proposition1",
+]
+
+Grid = Sequence[float] | jax.Array | np.ndarray  # a 1-D grid of radii, α or coordinates
 _VECTOR_MODES = ("zero", "filter")
 
 
@@ -129,11 +142,11 @@ def _proposition1(loss_fn, params, radii, alphas, rho, eps, *, steps, chunk):
 def proposition1(
     loss_fn: Callable[[PyTree], jax.Array],
     params: PyTree,
-    radii: Sequence[float] | jax.Array,
+    radii: Grid,
     *,
     rho: float = 0.05,
     ascent_steps: int = 1,
-    alphas: Sequence[float] | jax.Array | None = None,
+    alphas: Grid | None = None,
     chunk: int | None = None,
     eps: float = 1e-12,
 ) -> Proposition1Result:
@@ -211,7 +224,7 @@ def alpha_curve(
     rho: float = 0.15,
     rho_max: float = 0.3,
     ascent_steps: int = 1,
-    alphas: Sequence[float] | jax.Array | None = None,
+    alphas: Grid | None = None,
     chunk: int | None = None,
     eps: float = 1e-12,
 ) -> AlphaCurve:
@@ -242,6 +255,20 @@ def alpha_curve(
 
     Returns:
       `AlphaCurve` (alphas, losses, α*, cos ψ, L(θ)).
+
+    Examples:
+      The problem of `xsam_jax.xsam`'s example: the loss rises from v0 (α = 0) through
+      SAM's v1 (α = 1) to its maximum at α = 1.9:
+
+      >>> import jax.numpy as jnp
+      >>> from xsam_jax import landscape
+      >>> def loss(w):
+      ...     return 0.5 * (w[0] ** 2 + 4.0 * w[1] ** 2)
+      >>> curve = landscape.alpha_curve(loss, jnp.array([3.0, 1.0]), rho=1.0, rho_max=2.0)
+      >>> [round(float(curve.losses[i]), 3) for i in (0, 10, 19, 20)]  # alphas 0, 1, 1.9, 2
+      [22.34, 23.139, 23.392, 23.39]
+      >>> round(float(curve.alpha_star), 4)
+      1.9
     """
     alphas = alpha_grid(2.0, 0.1) if alphas is None else check_grid("alphas", alphas)
     check_range("rho", rho, low=0.0)
@@ -318,7 +345,7 @@ def interpolate(
     check_int("chunk", chunk, low=1, optional=True)
     check_range("lo", lo)
     check_range("hi", hi, low=lo, low_open=True)
-    if jax.tree.structure(params_a) != jax.tree.structure(params_b) or any(
+    if jax.tree.structure(params_a) != jax.tree.structure(params_b) or any(  # type: ignore[operator]
         jnp.shape(a) != jnp.shape(b)
         for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b), strict=True)
     ):
@@ -417,7 +444,7 @@ def loss_surface_1d(
     fn: Callable[[PyTree], PyTree],
     params: PyTree,
     direction: PyTree,
-    coordinates: Sequence[float] | jax.Array,
+    coordinates: Grid,
     *,
     chunk: int | None = None,
 ) -> PyTree:
@@ -442,8 +469,8 @@ def loss_surface_2d(
     fn: Callable[[PyTree], PyTree],
     params: PyTree,
     directions: tuple[PyTree, PyTree],
-    x: Sequence[float] | jax.Array,
-    y: Sequence[float] | jax.Array,
+    x: Grid,
+    y: Grid,
     *,
     chunk: int | None = None,
 ) -> PyTree:

@@ -30,6 +30,24 @@ from xsam_jax._src.validation import InvalidArgumentError, check_grid, check_int
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+__all__ = [
+    "plot_accuracy_bands",
+    "plot_accuracy_bars",
+    "plot_alpha_curve",
+    "plot_alpha_curves",
+    "plot_alpha_per_epoch",
+    "plot_alpha_star_spread",
+    "plot_curve_panels",
+    "plot_eigenvalues",
+    "plot_frontier",
+    "plot_interpolation",
+    "plot_proposition1",
+    "plot_spectral_density",
+    "plot_surface_2d",
+    "plot_tradeoff",
+    "plot_training_curves",
+]
+
 ArrayLike = Any
 
 

@@ -66,6 +66,22 @@ from xsam_jax._src import tree_math
 from xsam_jax._src.tree_math import PyTree
 from xsam_jax._src.validation import check_choice, check_grid, check_int, check_range
 
+__all__ = [
+    "BallSharpness",
+    "Eigenpairs",
+    "SpectralDensity",
+    "TraceEstimate",
+    "hessian_eigenvalues",
+    "hessian_trace",
+    "hvp",
+    "max_loss_in_ball",
+    "mean_over_batches",
+    "nnx_loss_fn",
+    "smoothed_density",
+    "spectral_density",
+    "stack_batches",
+]
+
 _METHODS = ("lanczos", "power")
 
 
@@ -132,7 +148,7 @@ def stack_batches(batches: Iterable[PyTree]) -> PyTree:
     shapes = [jnp.shape(x) for x in jax.tree.leaves(batches[0])]
     for i, batch in enumerate(batches[1:], start=1):
         if (
-            jax.tree.structure(batch) != structure
+            jax.tree.structure(batch) != structure  # type: ignore[operator]
             or [jnp.shape(x) for x in jax.tree.leaves(batch)] != shapes
         ):
             raise ValueError(
@@ -434,6 +450,17 @@ def hessian_eigenvalues(
 
     Returns:
       The eigenvalues, shape (k,), descending; or `Eigenpairs` with ``return_vectors``.
+
+    Examples:
+      A quadratic with Hessian diag(1, 2, 3, 4):
+
+      >>> import jax, jax.numpy as jnp
+      >>> from xsam_jax import sharpness
+      >>> def loss(w):
+      ...     return 0.5 * jnp.sum(jnp.array([1.0, 2.0, 3.0, 4.0]) * w**2)
+      >>> top2 = sharpness.hessian_eigenvalues(loss, jnp.ones(4), k=2, key=jax.random.key(0))
+      >>> [round(float(v), 4) for v in top2]
+      [4.0, 3.0]
     """
     check_choice("method", method, _METHODS)
     n = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(params))
@@ -619,6 +646,18 @@ def hessian_trace(
 
     Returns:
       `TraceEstimate` (mean, standard error, per-probe samples).
+
+    Examples:
+      On a diagonal Hessian every Rademacher probe gives the trace exactly, so the standard
+      error is 0:
+
+      >>> import jax, jax.numpy as jnp
+      >>> from xsam_jax import sharpness
+      >>> def loss(w):
+      ...     return 0.5 * jnp.sum(jnp.array([1.0, 2.0, 3.0, 4.0]) * w**2)
+      >>> trace = sharpness.hessian_trace(loss, jnp.ones(4), key=jax.random.key(0), num_samples=8)
+      >>> float(trace.mean), float(trace.stderr)
+      (10.0, 0.0)
     """
     check_int("num_samples", num_samples, low=2)
     check_int("chunk", chunk, low=1)
@@ -704,7 +743,7 @@ def max_loss_in_ball(
     step_size = rho if step_size is None else step_size
     check_range("step_size", step_size, low=0.0, low_open=True)
     check_range("eps", eps, low=0.0)
-    rho, step_size, eps = (jnp.asarray(x, jnp.float32) for x in (rho, step_size, eps))
+    radius, length, tiny = (jnp.asarray(x, jnp.float32) for x in (rho, step_size, eps))
     zero = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), params)
 
     def value_and_grad(epsilon):
@@ -717,13 +756,13 @@ def max_loss_in_ball(
     else:
         flat, unravel = ravel_pytree(zero)
         start = unravel(jax.random.normal(key, flat.shape, jnp.float32))
-    epsilon = _ascend(zero, start, rho, rho, eps)  # a step of length ρ from 0: onto the sphere
+    epsilon = _ascend(zero, start, radius, radius, tiny)  # length ρ from 0: onto the sphere
     # ε = 0 is a candidate, so the estimate is a valid lower bound of the true max (≥ 0).
     best_epsilon, best_loss = zero, loss0
     for _ in range(steps):
         loss, grad = value_and_grad(epsilon)
         best_epsilon, best_loss = _keep_best(best_epsilon, best_loss, epsilon, loss)
-        epsilon = _ascend(epsilon, grad, step_size, rho, eps)
+        epsilon = _ascend(epsilon, grad, length, radius, tiny)
     last = _mean(_value_kernel, loss_fn, batches, jnp.zeros((), jnp.float32), params, epsilon)
     best_epsilon, best_loss = _keep_best(best_epsilon, best_loss, epsilon, last)
     return BallSharpness(best_loss - loss0, best_epsilon, loss0, best_loss)
@@ -772,7 +811,7 @@ def nnx_loss_fn(
         deterministic=True,
         raise_if_not_found=False,
     )
-    graphdef, params, rest = nnx.split(view, wrt, ...)
+    graphdef, params, rest = nnx.split(view, wrt, ...)  # type: ignore[misc]
     rest = nnx.as_pure(rest)
 
     def loss_fn(params: PyTree, batch: Any) -> jax.Array:

@@ -41,7 +41,7 @@ class SAMState(NamedTuple):
       count: number of `update` calls so far (int32); the argument of ρ schedules.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
 
 
 class Climb(NamedTuple):
@@ -260,4 +260,5 @@ def sharpness_aware(
             new_state = method.track(averaging.shared(g0), new_state)
         return new_updates, new_state._replace(count=optax.safe_increment(state.count))
 
-    return optax.GradientTransformationExtraArgs(method.init, update_fn)
+    # optax's TransformInitFn protocol names its argument `params`; `Method.init` is positional.
+    return optax.GradientTransformationExtraArgs(method.init, update_fn)  # type: ignore[arg-type]

@@ -43,11 +43,26 @@ def gsam(
       rho: total ascent length (float or schedule).
       alpha: α ≥ 0, weight of the gap-decreasing component (the paper uses 0.01–0.3 for
         ResNets and up to 0.6 for ViTs).
-      ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps, axis_name,
-        local_perturbation, perturbation_mask: as in `sam`.
+      ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps: as in `sam`.
+      axis_name, local_perturbation, perturbation_mask: as in `sam`.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` (needs ``loss_fn``, see `sam`).
+
+    Examples:
+      On :math:`L(w) = \tfrac12 w^\top \mathrm{diag}(1, 2)\, w` at w = (3, 2):
+      :math:`g_0 = (3, 4)`, :math:`g_p = (3.3, 4.8)` and
+      :math:`g_{0\perp} = (0.1698, -0.1167)`:
+
+      >>> import jax, jax.numpy as jnp
+      >>> import xsam_jax as xs
+      >>> def loss(w):
+      ...     return 0.5 * (w[0] ** 2 + 2.0 * w[1] ** 2)
+      >>> w = jnp.array([3.0, 2.0])
+      >>> tx = xs.gsam(rho=0.5, alpha=0.4)
+      >>> updates, _ = tx.update(jax.grad(loss)(w), tx.init(w), w, loss_fn=loss)
+      >>> [round(float(v), 4) for v in updates]  # g_p - 0.4 * g0_perp
+      [3.2321, 4.8467]
 
     References:
       Zhuang et al., `Surrogate Gap Minimization Improves Sharpness-Aware Training

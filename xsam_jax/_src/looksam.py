@@ -29,7 +29,7 @@ class LookSAMState(NamedTuple):
         gradient, in the params' computation dtype (zeros before the first full step).
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
     orthogonal: PyTree
 
 
@@ -90,11 +90,12 @@ def looksam(
       rho: total ascent length ρ ≥ 0 of the full steps (float or schedule of the step count).
       every: k ≥ 1, the period of the full steps (the paper's k; 5 there).
       alpha: α ≥ 0, the weight of the reused direction (0.7 in the paper).
-      ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps, axis_name,
-        local_perturbation, perturbation_mask: as in `sam` (they shape the full steps'
-        ascent). With ``local_perturbation=True`` each replica forms its own :math:`g_v` and
-        the stored one is their average, identical on every replica; between full steps each
-        replica adds it to its own clean gradient.
+      ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps: as in `sam`; they
+        shape the full steps' ascent.
+      axis_name, local_perturbation, perturbation_mask: as in `sam`. With
+        ``local_perturbation=True`` each replica forms its own :math:`g_v` and the stored one
+        is their average, identical on every replica; between full steps each replica adds it
+        to its own clean gradient.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` with state `LookSAMState` (needs

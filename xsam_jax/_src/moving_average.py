@@ -33,7 +33,7 @@ class MovingAverageState(NamedTuple):
         (F-SAM's m, VaSSO's d), in the params' computation dtype; zeros before the first.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
     average: PyTree
 
 
@@ -103,9 +103,9 @@ def fsam(
         CIFAR-100 script uses 0.2 with λ = 0.6).
       sigma: σ ≥ 0, how much of the estimated full gradient is removed.
       lmbda: λ in [0, 1], the decay of the moving average (named as in the authors' code).
-      ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps, axis_name,
-        local_perturbation, perturbation_mask: as in `sam`. A mask restricts the ascent
-        direction, not the average, which follows every leaf.
+      ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps: as in `sam`.
+      axis_name, local_perturbation, perturbation_mask: as in `sam`. A mask restricts the
+        ascent direction, not the average, which follows every leaf.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` with state `MovingAverageState` (needs
@@ -163,9 +163,9 @@ def vasso(
       rho: total ascent length ρ ≥ 0 (float or schedule); the authors' default is 0.05.
       theta: θ in [0, 1], the weight of the newest gradient in the average (the authors'
         default 0.9).
-      ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps, axis_name,
-        local_perturbation, perturbation_mask: as in `sam`. A mask restricts the ascent
-        direction, not the average, which follows every leaf.
+      ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps: as in `sam`.
+      axis_name, local_perturbation, perturbation_mask: as in `sam`. A mask restricts the
+        ascent direction, not the average, which follows every leaf.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` with state `MovingAverageState` (needs

@@ -76,6 +76,21 @@ def sam(
       `xsam_jax.perturbed_steps`, builds a program without that conditional (on XLA:CPU a
       convolution's gradient inside one runs several times slower).
 
+    Examples:
+      On :math:`L(w) = \tfrac12\|w\|^2` the gradient at the ascent point
+      :math:`w + \rho\, w/\|w\|` is that point itself:
+
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import xsam_jax as xs
+      >>> def loss(w):
+      ...     return 0.5 * jnp.sum(w**2)
+      >>> w = jnp.array([3.0, 4.0])
+      >>> tx = optax.chain(xs.sam(rho=0.5), optax.sgd(0.1))
+      >>> state = tx.init(w)
+      >>> updates, state = tx.update(jax.grad(loss)(w), state, w, loss_fn=loss)
+      >>> [round(float(v), 4) for v in updates]  # -0.1 * gradient at [3, 4] + 0.5 * [0.6, 0.8]
+      [-0.33, -0.44]
+
     References:
       Foret et al., `Sharpness-Aware Minimization for Efficiently Improving Generalization
       <https://arxiv.org/abs/2010.01412>`_, ICLR 2021.
@@ -114,11 +129,26 @@ def asam(
       rho: total ascent length in the rescaled space (ASAM's default 0.5; 2.0 is common with
         label smoothing on CIFAR); a float or a schedule.
       eta: η ≥ 0, keeps zero weights perturbable.
-      ascent_steps, norm, adaptive_mask, normalize, eps, axis_name, local_perturbation,
-        perturbation_mask: as in `sam`.
+      ascent_steps, norm, adaptive_mask, normalize, eps: as in `sam`.
+      axis_name, local_perturbation, perturbation_mask: as in `sam`.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` (see `sam`).
+
+    Examples:
+      With :math:`\eta = 0`, :math:`T_w = |w| = (1, 2)`; the gradient of
+      :math:`L(w) = \tfrac12\|w - (-2, 0)\|^2` at w is g = (3, 2), so Tg = (3, 4) and
+      :math:`\epsilon = 0.5\,(3, 8)/5`:
+
+      >>> import jax, jax.numpy as jnp
+      >>> import xsam_jax as xs
+      >>> def loss(w):
+      ...     return 0.5 * jnp.sum((w - jnp.array([-2.0, 0.0])) ** 2)
+      >>> w = jnp.array([1.0, 2.0])
+      >>> tx = xs.asam(rho=0.5, eta=0.0)
+      >>> updates, _ = tx.update(jax.grad(loss)(w), tx.init(w), w, loss_fn=loss)
+      >>> [round(float(v), 4) for v in updates]  # the gradient at w + [0.3, 0.8]
+      [3.3, 2.8]
 
     References:
       Kwon et al., `ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning

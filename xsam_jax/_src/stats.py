@@ -107,4 +107,4 @@ def pareto_front(costs: ArrayLike, values: ArrayLike) -> np.ndarray:
     # dominates[i, j]: point j dominates point i.
     no_worse = (c[None, :] <= c[:, None]) & (v[None, :] >= v[:, None])
     better = (c[None, :] < c[:, None]) | (v[None, :] > v[:, None])
-    return ~(no_worse & better).any(axis=1)
+    return np.asarray(~(no_worse & better).any(axis=1))

@@ -44,11 +44,25 @@ def wsam(
     Args:
       rho: total ascent length (float or schedule).
       gamma: γ in [0, 1), weight of the sharpness term.
-      ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps, axis_name,
-        local_perturbation, perturbation_mask: as in `sam`.
+      ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps: as in `sam`.
+      axis_name, local_perturbation, perturbation_mask: as in `sam`.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` (needs ``loss_fn``, see `sam`).
+
+    Examples:
+      On :math:`L(w) = \tfrac12\|w\|^2` at w = (3, 4) with ρ = 0.5,
+      :math:`g_0 = (3, 4)` and :math:`g_p = (3.3, 4.4)`; γ = 0.9 weighs them −8 and 9:
+
+      >>> import jax, jax.numpy as jnp
+      >>> import xsam_jax as xs
+      >>> def loss(w):
+      ...     return 0.5 * jnp.sum(w**2)
+      >>> w = jnp.array([3.0, 4.0])
+      >>> tx = xs.wsam(rho=0.5, gamma=0.9)
+      >>> updates, _ = tx.update(jax.grad(loss)(w), tx.init(w), w, loss_fn=loss)
+      >>> [round(float(v), 4) for v in updates]  # -8 * g0 + 9 * g_p
+      [5.7, 7.6]
 
     References:
       Yue et al., `Sharpness-Aware Minimization Revisited: Weighted Sharpness as a
@@ -81,7 +95,7 @@ class WSAMDecoupledState(NamedTuple):
       base: the base optimizer's state.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
     base: optax.OptState
 
 
@@ -128,14 +142,28 @@ def wsam_decoupled(
         count; the base optimizer's learning rate.
       rho: total ascent length (float or schedule).
       gamma: γ in [0, 1), weight of the sharpness term.
-      ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps, axis_name,
-        local_perturbation, perturbation_mask: as in `sam`; the base optimizer always sees
-        the clean gradient averaged over `axis_name`.
+      ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps: as in `sam`.
+      axis_name, local_perturbation, perturbation_mask: as in `sam`; the base optimizer
+        always sees the clean gradient averaged over `axis_name`.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` with state `WSAMDecoupledState`, whose
       updates are final (apply them with `optax.apply_updates`); `update` needs ``loss_fn``
       (see `sam`) and hands every extra argument to the base optimizer too.
+
+    Examples:
+      The same problem as in `wsam` (:math:`g_0 = (3, 4)`, :math:`g_p = (3.3, 4.4)`), with
+      SGD with momentum as the base optimizer, used in its place:
+
+      >>> import jax, jax.numpy as jnp, optax
+      >>> import xsam_jax as xs
+      >>> def loss(w):
+      ...     return 0.5 * jnp.sum(w**2)
+      >>> w = jnp.array([3.0, 4.0])
+      >>> tx = xs.wsam_decoupled(optax.sgd(0.1, momentum=0.9), 0.1, rho=0.5, gamma=0.9)
+      >>> updates, _ = tx.update(jax.grad(loss)(w), tx.init(w), w, loss_fn=loss)
+      >>> [round(float(v), 4) for v in updates]  # -0.1 * g0 - 0.1 * 9 * (g_p - g0)
+      [-0.57, -0.76]
 
     References:
       Yue et al., `Sharpness-Aware Minimization Revisited: Weighted Sharpness as a

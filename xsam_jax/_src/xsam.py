@@ -43,7 +43,7 @@ class XSAMState(NamedTuple):
     The floats are in the params' computation dtype: float32, or float64 for float64 params.
     """
 
-    count: jax.Array
+    count: jax.Array  # type: ignore[assignment]  # shadows tuple.count, as optax's states do
     alpha: jax.Array
     alpha_losses: jax.Array
     cos_psi: jax.Array
@@ -185,6 +185,24 @@ def xsam(
       An `optax.GradientTransformationExtraArgs` with state `XSAMState`; `update` needs
       ``loss_fn(params) -> scalar`` on the same batch as the gradients and takes the optional
       keyword ``perturb`` (see `sam` and `xsam_jax.perturbed_steps`).
+
+    Examples:
+      On :math:`L(w) = \tfrac12 w^\top \mathrm{diag}(1, 4)\, w` at w = (3, 1):
+      :math:`g_0 = (3, 4)`, and one ascent step of ρ = 1 reaches
+      :math:`g_k = (3.6, 7.2)`. Probing at ρ_max = 2, the search turns past SAM's
+      :math:`v_1` (α = 1) to α* = 1.9, towards the sharper axis:
+
+      >>> import jax, jax.numpy as jnp
+      >>> import xsam_jax as xs
+      >>> def loss(w):
+      ...     return 0.5 * (w[0] ** 2 + 4.0 * w[1] ** 2)
+      >>> w = jnp.array([3.0, 1.0])
+      >>> tx = xs.xsam(rho=1.0, rho_max=2.0)
+      >>> updates, state = tx.update(jax.grad(loss)(w), tx.init(w), w, loss_fn=loss)
+      >>> round(float(state.alpha), 4)
+      1.9
+      >>> [round(float(v), 4) for v in updates]  # |g_k| v(1.9)
+      [2.3926, 7.6861]
 
     References:
       Chen & Zhou, `Revisiting Sharpness-Aware Minimization: A More Faithful and Effective

@@ -41,7 +41,7 @@ def write_npz_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
         with open(tmp, "xb") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub: kwargs as bool
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -177,9 +177,9 @@ class Dataset:
                 exactly as in the whole batch; needs `drop_last`. None loads whole batches.
 
         Returns:
-            An iterator of `{"x": float32, "y": int32}` batches.
+            An iterator of ``{"x": float32, "y": int32}`` batches.
         """
-        part = {} if rows is None else {"rows": rows, "batch_size": batch_size}
+        part: dict[str, Any] = {} if rows is None else {"rows": rows, "batch_size": batch_size}
 
         def transform(xb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             xb = self.normalize(xb)
@@ -208,7 +208,7 @@ class Dataset:
             prefetch: batches prepared ahead in a background thread; 0 for none.
 
         Returns:
-            An iterator of `{"x": float32, "y": int32}` batches.
+            An iterator of ``{"x": float32, "y": int32}`` batches.
         """
         return self._ordered_batches(self.x_test, self.y_test, batch_size, prefetch)
 
@@ -220,13 +220,13 @@ class Dataset:
             prefetch: batches prepared ahead in a background thread; 0 for none.
 
         Returns:
-            An iterator of `{"x": float32, "y": int32}` batches.
+            An iterator of ``{"x": float32, "y": int32}`` batches.
         """
         x, y = self._validation()
         return self._ordered_batches(x, y, batch_size, prefetch)
 
     def _validation(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.x_val is None:
+        if self.x_val is None or self.y_val is None:
             raise ValueError(
                 f"the {self.name!r} dataset has no validation split; call split_validation first"
             )

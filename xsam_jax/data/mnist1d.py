@@ -122,4 +122,12 @@ def load_mnist1d(
         )
         for key in ("x_test", "y_test"):
             arrays[key] = np.concatenate([arrays[key], extra[key]])
-    return Dataset(name="mnist1d", num_classes=NUM_CLASSES, seed=seed, **arrays)
+    return Dataset(
+        name="mnist1d",
+        x_train=arrays["x_train"],
+        y_train=arrays["y_train"],
+        x_test=arrays["x_test"],
+        y_test=arrays["y_test"],
+        num_classes=NUM_CLASSES,
+        seed=seed,
+    )

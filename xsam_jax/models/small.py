@@ -99,6 +99,11 @@ class _ConvClassifier1D(nnx.Module):
     Subclasses set `input_length`, `in_channels`, `convs` (an `nnx.List`) and `head`.
     """
 
+    input_length: int
+    in_channels: int
+    convs: nnx.List
+    head: nnx.Module
+
     def __call__(self, x: jax.Array) -> jax.Array:
         """Logits for a batch of 1-D signals.
 

@@ -102,12 +102,13 @@ class VGG(nnx.Module):
         layers: list[nnx.Module] = []
         channels = in_channels
         for item in CONFIGS[config]:
-            if item == "M":
+            if isinstance(item, str):  # "M", a max-pool
                 layers.append(_MaxPool())
             else:
                 layers.append(_ConvBNReLU(channels, item, rngs=rngs))
                 channels = item
         self.features = nnx.List(layers)
+        self.head: nnx.Module
         if classifier == "linear":
             self.head = linear(channels, num_classes, rngs=rngs)
         else:

@@ -30,6 +30,20 @@ from xsam_jax.study.runs import Cache
 from xsam_jax.study.spec import Plan, full_plan, smoke_plan
 from xsam_jax.study.stages import Study, plan_description
 
+__all__ = [
+    "Cache",
+    "Plan",
+    "Study",
+    "build_parser",
+    "full_plan",
+    "main",
+    "plan_description",
+    "readme_with_tables",
+    "run_study",
+    "smoke_plan",
+    "write_report",
+]
+
 PARTS = ("tune", "final", "multistep", "late", "geometry")
 RESULTS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "study"
 

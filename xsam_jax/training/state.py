@@ -9,6 +9,8 @@ arrays, no `nnx.Variable` wrappers) is what lets the train step rebuild the mode
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -37,6 +39,10 @@ class TrainState:
     step: jax.Array
     rng: jax.Array
 
+    if TYPE_CHECKING:  # added at run time by flax.struct.dataclass; declared for type checkers
+
+        def replace(self, **updates: Any) -> TrainState: ...
+
     @classmethod
     def create(
         cls, model: nnx.Module, tx: optax.GradientTransformation, *, rng: jax.Array | int
@@ -51,7 +57,7 @@ class TrainState:
         Returns:
             A `TrainState` at step 0.
         """
-        graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+        graphdef, params, model_state = nnx.split(model, nnx.Param, ...)  # type: ignore[misc]
         params = nnx.as_pure(params)
         key = jax.random.key(rng) if isinstance(rng, int) else rng
         return cls(
