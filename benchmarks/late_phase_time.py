@@ -65,8 +65,7 @@ def report(seconds: dict[str, list[float]], start: float) -> dict:
         "late_phase_start": start,
         "bound_seconds": bound,
         "late_within_bound": warm["late-sam"] <= bound,
-        "late_extra_over_sam_extra": (warm["late-sam"] - warm["sgd"])
-        / (warm["sam"] - warm["sgd"]),
+        "late_extra_over_sam_extra": (warm["late-sam"] - warm["sgd"]) / (warm["sam"] - warm["sgd"]),
     }
 
 

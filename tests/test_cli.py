@@ -63,7 +63,8 @@ def test_train_writes_metrics_plot_and_checkpoint(tmp_path):
     assert metrics["final_test_accuracy"] == metrics["history"][-1]["test_accuracy"]
     # Resolved hyperparameters are stored, so a later change of a default changes no old run.
     config = metrics["config"]
-    assert (config["rho"], config["rho_max"], config["model"]) == (0.15, 0.3, "mlp")
+    # digits' MLP takes the study's XSAM radii (README, "Results": ρ = ρ_max = 0.05).
+    assert (config["rho"], config["rho_max"], config["model"]) == (0.05, 0.05, "mlp")
     # 2 epochs of 11 steps, each a clean and an ascent gradient; one 21-probe search an epoch.
     assert metrics["gradient_evaluations"] == 2 * 22 and metrics["probe_evaluations"] == 2 * 21
     png = (tmp_path / "curves.png").read_bytes()

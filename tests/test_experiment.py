@@ -273,7 +273,7 @@ def test_default_radii_prefer_the_study_then_the_papers(monkeypatch):
     assert experiment.default_radii(tuned) == (0.1, 0.1)
     assert experiment.default_radii(dataclasses.replace(tuned, rho=0.2)) == (0.2, 0.4)
     assert experiment.default_radii(dataclasses.replace(tuned, optimizer="asam")) == (1.0, None)
-    other = experiment.TrainConfig(dataset="mnist1d", model="cnn1d_wide")
+    other = experiment.TrainConfig(dataset="digits", model="cnn1d")  # not in the study
     assert experiment.default_radii(other) == (0.15, 0.3)
     assert experiment.default_radii(dataclasses.replace(other, optimizer="gsam")) == (0.05, None)
     assert experiment.default_radii(dataclasses.replace(other, optimizer="sgd")) == (None, None)
