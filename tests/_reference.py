@@ -82,16 +82,77 @@ def dual(g: np.ndarray, p: float, normalize: bool = True) -> np.ndarray:
     return np.sign(g) * np.abs(g) ** (q - 1) / np.sum(np.abs(g) ** q) ** ((q - 1) / q)
 
 
-def ascent(w, rho, k=1, p=2.0, normalize=True, scale=None, grad=grad_np):
-    """k steps of length rho/k; returns (g_k, chord). `scale` is ASAM's T_w."""
+def fisher_direction(g: np.ndarray, eta: float) -> np.ndarray:
+    """Fisher SAM (Kim et al. 2022): argmax of <g, e> on e^T f e <= 1, f = 1 + eta g*g."""
+    f = 1.0 + eta * g * g
+    return (g / f) / np.sqrt(g @ (g / f))
+
+
+def ascent(
+    w,
+    rho,
+    k=1,
+    p=2.0,
+    normalize=True,
+    scale=None,
+    grad=grad_np,
+    start=None,
+    mask=None,
+    fisher_eta=None,
+):
+    """k steps of length rho/k; returns (g_k, chord).
+
+    `scale` is ASAM's T_w; `start` replaces the first step's gradient (F-SAM, VaSSO); `mask`
+    (bools per coordinate) zeroes the other coordinates of every step's gradient before its
+    direction is taken (SAM-ON); `fisher_eta` takes Fisher SAM's direction.
+    """
     chord = np.zeros_like(w)
-    for _ in range(k):
-        g = grad(w + chord)
-        if scale is None:
+    for i in range(k):
+        g = start if (i == 0 and start is not None) else grad(w + chord)
+        if mask is not None:
+            g = np.where(mask, g, 0.0)
+        if fisher_eta is not None:
+            chord = chord + rho / k * fisher_direction(g, fisher_eta)
+        elif scale is None:
             chord = chord + rho / k * dual(g, p, normalize)
         else:
             chord = chord + rho / k * scale * dual(scale * g, p, normalize)
     return grad(w + chord), chord
+
+
+def fsam_step(w, m, rho, sigma, lmbda, grad=grad_np):
+    """One Friendly-SAM step as in the authors' code (nblt/F-SAM, FriendlySAM).
+
+    `m` is the moving average of the previous steps' gradients (None before the first
+    step, which ascends along g and starts m at g). Returns (direction, new m).
+    """
+    g = grad(w)
+    if m is None:
+        return ascent(w, rho, grad=grad)[0], g
+    return ascent(w, rho, grad=grad, start=g - sigma * m)[0], lmbda * m + (1 - lmbda) * g
+
+
+def vasso_step(w, d, rho, theta, grad=grad_np):
+    """One VaSSO step (Li & Giannakis 2023; BingcongLi/VaSSO): ascend along d = (1-θ)d + θg.
+
+    `d` is None before the first step (then d = g). Returns (direction, new d).
+    """
+    g = grad(w)
+    d = g if d is None else (1 - theta) * d + theta * g
+    return ascent(w, rho, grad=grad, start=d)[0], d
+
+
+def looksam_step(w, g_v, full, rho, alpha, grad=grad_np):
+    """One LookSAM step (Liu et al. 2022): returns (direction, stored g_v).
+
+    A full step takes the SAM gradient g_s and stores its component orthogonal to g; the
+    steps in between return g + alpha ||g|| / ||g_v|| g_v.
+    """
+    g = grad(w)
+    if full:
+        g_s = ascent(w, rho, grad=grad)[0]
+        return g_s, g_s - (g @ g_s) / (g @ g) * g
+    return g + alpha * np.linalg.norm(g) / np.linalg.norm(g_v) * g_v, g_v
 
 
 def slerp(v0: np.ndarray, v1: np.ndarray, alpha: float) -> np.ndarray:
@@ -102,14 +163,19 @@ def slerp(v0: np.ndarray, v1: np.ndarray, alpha: float) -> np.ndarray:
     return (np.sin((1 - alpha) * psi) * v0 + np.sin(alpha * psi) * v1) / np.sin(psi)
 
 
-def xsam_step(w, rho, rho_max, alpha, grid=None, k=1, loss=loss_np, grad=grad_np, eps=0.0):
+def xsam_step(
+    w, rho, rho_max, alpha, grid=None, k=1, loss=loss_np, grad=grad_np, eps=0.0, mask=None
+):
     """One XSAM step: returns (direction, alpha*, probe losses or None, cos psi).
 
     `eps` is added to the norms of v0 and v1 as in the authors' code (it matters at 1e-11).
+    With `mask` (bools per coordinate) the ascent, v1 and the probes are confined to the
+    selected coordinates, and the others get the gradient at the ascent point.
     """
-    g_k, chord = ascent(w, rho, k, grad=grad)
+    g_k, chord = ascent(w, rho, k, grad=grad, mask=mask)
+    g_plane = g_k if mask is None else np.where(mask, g_k, 0.0)
     v0 = chord / (np.linalg.norm(chord) + eps)
-    v1 = g_k / (np.linalg.norm(g_k) + eps)
+    v1 = g_plane / (np.linalg.norm(g_plane) + eps)
     losses = None
     if grid is not None:
         losses = np.array([loss(w + rho_max * slerp(v0, v1, a)) for a in grid])
@@ -118,4 +184,7 @@ def xsam_step(w, rho, rho_max, alpha, grid=None, k=1, loss=loss_np, grad=grad_np
             if np.isfinite(value) and value > best_loss:  # first strict maximum wins
                 best, best_loss = a, value
         alpha = best
-    return np.linalg.norm(g_k) * slerp(v0, v1, alpha), alpha, losses, float(v0 @ v1)
+    direction = np.linalg.norm(g_plane) * slerp(v0, v1, alpha)
+    if mask is not None:
+        direction = np.where(mask, direction, g_k)
+    return direction, alpha, losses, float(v0 @ v1)

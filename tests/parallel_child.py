@@ -2,8 +2,8 @@
 
 Not a pytest module: it must own its process, because the device count is fixed when
 the backend starts. It runs every case, compares each against an independent reference
-(the SAM / GSAM / XSAM formulas written out below with NumPy float64 arithmetic on
-gradients and losses of the flattened model) and prints one JSON object
+(the SAM / GSAM / XSAM / F-SAM / LookSAM formulas written out below with NumPy float64
+arithmetic on gradients and losses of the flattened model) and prints one JSON object
 {case: {"param_err": ..., ...} or {"error": traceback}} on the last line of stdout.
 """
 
@@ -34,6 +34,8 @@ GSAM_ALPHA = 0.4
 ALPHA_MAX, ALPHA_STEP = 6.0, 0.5  # a wide grid, so the maxima are interior
 GRID = np.arange(13) * ALPHA_STEP
 SEARCH_EVERY = 2  # searches on steps 0 and 2, step 1 reuses alpha* of step 0
+FSAM_SIGMA, FSAM_LAMBDA = 0.8, 0.6
+LOOKSAM_EVERY, LOOKSAM_ALPHA = 2, 0.7  # full steps 0 and 2, step 1 reuses g_v
 
 METHODS = {
     "sam": dict(kind="sam", make=lambda **kw: xs.sam(RHO, **kw)),
@@ -62,6 +64,11 @@ METHODS = {
             search_every=SEARCH_EVERY,
             **kw,
         ),
+    ),
+    "fsam": dict(kind="fsam", make=lambda **kw: xs.fsam(RHO, FSAM_SIGMA, FSAM_LAMBDA, **kw)),
+    "looksam": dict(
+        kind="looksam",
+        make=lambda **kw: xs.looksam(RHO, every=LOOKSAM_EVERY, alpha=LOOKSAM_ALPHA, **kw),
     ),
 }
 
@@ -159,11 +166,35 @@ def ref_step(kind, k, w, shards, alpha, search):
     return direction, alpha, losses, cos_psi
 
 
+def ref_stateful_step(kind, t, w, shards, memory):
+    """One F-SAM or LookSAM step over the shards; returns (direction, new memory).
+
+    The memory (F-SAM's average m, LookSAM's g_v) is one vector shared by all shards: the
+    average of the mean gradient over the shards (F-SAM) or of the shards' own g_v
+    (LookSAM). Each shard ascends from its own gradient.
+    """
+    grads = [ref_grad(w, x, y) for x, y in shards]
+    if kind == "fsam":
+        dirs = []
+        for g, (x, y) in zip(grads, shards, strict=True):
+            start = g if memory is None else g - FSAM_SIGMA * memory
+            dirs.append(ref_grad(w + RHO * start / np.linalg.norm(start), x, y))
+        mean = np.mean(grads, axis=0)
+        memory = mean if memory is None else FSAM_LAMBDA * memory + (1 - FSAM_LAMBDA) * mean
+        return np.mean(dirs, axis=0), memory
+    if t % LOOKSAM_EVERY == 0:
+        g_s = [ref_ascent(w, x, y, 1)[0] for x, y in shards]
+        g_v = [s - (g @ s) / (g @ g) * g for g, s in zip(grads, g_s, strict=True)]
+        return np.mean(g_s, axis=0), np.mean(g_v, axis=0)
+    scale = LOOKSAM_ALPHA / np.linalg.norm(memory)
+    return np.mean([g + scale * np.linalg.norm(g) * memory for g in grads], axis=0), memory
+
+
 def reference_run(name, n_shards):
     """Trajectory of SGD(LR) on the method's direction; n_shards=1 is global perturbation."""
     cfg = METHODS[name]
-    w, alpha = np.asarray(FLAT0, np.float64), 1.0
-    out = dict(params=[], dirs=[], alphas=[], losses=[], cos=[])
+    w, alpha, memory = np.asarray(FLAT0, np.float64), 1.0, None
+    out = dict(params=[], dirs=[], alphas=[], losses=[], cos=[], memory=[])
     for t in range(STEPS):
         shards = list(
             zip(
@@ -172,8 +203,15 @@ def reference_run(name, n_shards):
                 strict=True,
             )
         )
-        search = cfg["kind"] == "xsam" and t % SEARCH_EVERY == 0
-        d, alpha, losses, cos_psi = ref_step(cfg["kind"], cfg.get("k", 1), w, shards, alpha, search)
+        if cfg["kind"] in ("fsam", "looksam"):
+            d, memory = ref_stateful_step(cfg["kind"], t, w, shards, memory)
+            losses, cos_psi = None, None
+            out["memory"].append(memory)
+        else:
+            search = cfg["kind"] == "xsam" and t % SEARCH_EVERY == 0
+            d, alpha, losses, cos_psi = ref_step(
+                cfg["kind"], cfg.get("k", 1), w, shards, alpha, search
+            )
         w = w - LR * d
         out["params"].append(w)
         out["dirs"].append(d)
@@ -197,6 +235,9 @@ def record(out, params, state, updates):
     out["alphas"].append(float(inner.alpha) if hasattr(inner, "alpha") else None)
     out["losses"].append(np.asarray(inner.alpha_losses) if hasattr(inner, "alpha") else None)
     out["cos"].append(float(inner.cos_psi) if hasattr(inner, "cos_psi") else None)
+    for name in ("average", "orthogonal"):  # F-SAM's m, LookSAM's g_v
+        if hasattr(inner, name):
+            out["memory"].append(flat(getattr(inner, name)))
 
 
 def run_pmap(name, local):
@@ -211,7 +252,7 @@ def run_pmap(name, local):
     pstep = jax.pmap(step, axis_name="d")
     replicate = lambda tree: jax.tree.map(lambda a: jnp.stack([a] * N_DEV), tree)
     params, state = replicate(PARAMS0), replicate(tx.init(PARAMS0))
-    out = dict(params=[], dirs=[], alphas=[], losses=[], cos=[], replica_spread=0.0)
+    out = dict(params=[], dirs=[], alphas=[], losses=[], cos=[], memory=[], replica_spread=0.0)
     for t in range(STEPS):
         x = X[t].reshape(N_DEV, -1, D_IN)
         y = Y[t].reshape(N_DEV, -1, D_OUT)
@@ -255,7 +296,7 @@ def run_shard_map(name, local, n_dev):
     rep = NamedSharding(mesh, P())
     params = jax.device_put(PARAMS0, rep)
     state = jax.device_put(tx.init(PARAMS0), rep)
-    out = dict(params=[], dirs=[], alphas=[], losses=[], cos=[])
+    out = dict(params=[], dirs=[], alphas=[], losses=[], cos=[], memory=[])
     for t in range(STEPS):
         x = jax.device_put(X[t], NamedSharding(mesh, P("d")))
         y = jax.device_put(Y[t], NamedSharding(mesh, P("d")))
@@ -278,7 +319,7 @@ def run_jit_sharded(name):
     rep = NamedSharding(mesh, P())
     params = jax.device_put(PARAMS0, rep)
     state = jax.device_put(tx.init(PARAMS0), rep)
-    out = dict(params=[], dirs=[], alphas=[], losses=[], cos=[])
+    out = dict(params=[], dirs=[], alphas=[], losses=[], cos=[], memory=[])
     for t in range(STEPS):
         x = jax.device_put(X[t], NamedSharding(mesh, P("d")))
         y = jax.device_put(Y[t], NamedSharding(mesh, P("d")))
@@ -315,6 +356,11 @@ def compare(lib, ref):
             a for a, b in zip(ref["alphas"], ref["losses"], strict=True) if b is not None
         ]
         res["cos_err"] = max(abs(a - b) for a, b in zip(lib["cos"], ref["cos"], strict=True))
+    if ref["memory"]:
+        res["memory_err"] = max(
+            float(np.max(np.abs(a - b) / (np.abs(b).max() + 1e-12)))
+            for a, b in zip(lib["memory"], ref["memory"], strict=True)
+        )
     for key in ("replica_spread", "replicas_differ", "params_replicated"):
         if key in lib:
             res[key] = lib[key]

@@ -262,9 +262,55 @@ def test_compare_with_seeds_writes_intervals_paired_differences_and_plots(tmp_pa
             "method), got 16",
         ),
         (["--resume"], "--resume needs --out"),
+        (["--perturb-every", "0"], "--perturb-every must be an integer >= 1, got 0"),
+        (
+            ["--perturb-probability", "0"],
+            "--perturb-probability must be a finite float in (0, 1], got 0.0",
+        ),
+        (
+            ["--perturb-every", "2", "--perturb-probability", "0.5"],
+            "--perturb-probability must be unset with --perturb-every, got 0.5",
+        ),
+        (
+            ["--optimizer", "sgd+every=2"],
+            "--perturb-every must be unset with --optimizer sgd (it modifies a sharpness-aware "
+            "method), got 2",
+        ),
+        (
+            ["--optimizer", "sam+random=0.5", "--seed", "4294967296"],
+            "--seed must be an integer in [0, 4294967295], got 4294967296",
+        ),
+        (
+            ["--optimizer", "sam+every=2.5"],
+            "argument --optimizer: +every=N needs a whole number of steps N, got 'every=2.5' in",
+        ),
         (["--rho", "-1"], "--rho must be a finite float >= 0, got -1.0"),
         (["--momentum", "1"], "--momentum must be a finite float in [0, 1), got 1.0"),
         (["--wsam-gamma", "1"], "--wsam-gamma must be a finite float in [0, 1), got 1.0"),
+        (["--fsam-sigma", "-1"], "--fsam-sigma must be a finite float >= 0, got -1.0"),
+        (["--fsam-lambda", "2"], "--fsam-lambda must be a finite float in [0, 1], got 2.0"),
+        (["--vasso-theta", "2"], "--vasso-theta must be a finite float in [0, 1], got 2.0"),
+        (["--fisher-eta", "-1"], "--fisher-eta must be a finite float >= 0, got -1.0"),
+        (["--looksam-every", "0"], "--looksam-every must be an integer >= 1, got 0"),
+        (["--looksam-alpha", "-1"], "--looksam-alpha must be a finite float >= 0, got -1.0"),
+        (
+            ["--optimizer", "fisher-sam", "--adaptive"],
+            "--adaptive must be unset with --optimizer fisher-sam (its ball is the Fisher's), "
+            "got True",
+        ),
+        (
+            ["--optimizer", "sgd", "--perturbation-mask", "norm"],
+            "--perturbation-mask must be unset with --optimizer sgd",
+        ),
+        (
+            ["--optimizer", "sam", "--model", "mlp", "--perturbation-mask", "norm"],
+            "--perturbation-mask must be unset for --model mlp, which has no normalisation "
+            "layer, got 'norm'",
+        ),
+        (
+            ["--perturbation-mask", "all"],
+            "argument --perturbation-mask: invalid choice: 'all'",
+        ),
         (
             ["--late-phase-start", "1.5"],
             "--late-phase-start must be a finite float in [0, 1], got 1.5",

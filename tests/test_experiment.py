@@ -38,6 +38,17 @@ def documented(method, *, lr=0.05, momentum=0.9, weight_decay=5e-4):
     return optax.chain(*([] if method is None else [method]), *chain)
 
 
+# The normalisation layers of `models.transformer`, by name (its LayerNorms).
+LAYER_NORMS = ("ln1", "ln2", "final_ln")
+
+
+def in_layers(params, names):
+    """True on the leaves of `params` below a module named in `names`."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: any(getattr(entry, "key", None) in names for entry in path), params
+    )
+
+
 CASES = {
     "default xsam: rho 0.15, rho_max 2 rho, one search an epoch": (
         [],
@@ -52,6 +63,10 @@ CASES = {
         xs.xsam(0.1, 0.4, search_every=STEPS_PER_EPOCH),
     ),
     "--search-every": (["--search-every", "3"], xs.xsam(0.15, 0.3, search_every=3)),
+    "--search-every 0: never searches, alpha stays 1": (
+        ["--search-every", "0"],
+        xs.xsam(0.15, 0.3, search_every=None),
+    ),
     "--ascent-steps": (
         ["--ascent-steps", "2"],
         xs.xsam(0.15, 0.3, ascent_steps=2, search_every=STEPS_PER_EPOCH),
@@ -81,6 +96,46 @@ CASES = {
     "sam+late=0.5": (["--optimizer", "sam+late=0.5"], xs.sam(xs.late_phase(0.05, TOTAL // 2))),
     "--gsam-alpha": (["--optimizer", "gsam", "--gsam-alpha", "0.2"], xs.gsam(0.05, 0.2)),
     "--wsam-gamma": (["--optimizer", "wsam", "--wsam-gamma", "0.7"], xs.wsam(0.05, 0.7)),
+    "fsam, --fsam-sigma, --fsam-lambda": (
+        ["--optimizer", "fsam", "--fsam-sigma", "0.5", "--fsam-lambda", "0.6"],
+        xs.fsam(0.05, 0.5, 0.6),
+    ),
+    "vasso, --vasso-theta": (
+        ["--optimizer", "vasso", "--vasso-theta", "0.4"],
+        xs.vasso(0.05, 0.4),
+    ),
+    "fisher-sam: rho 0.1, --fisher-eta": (
+        ["--optimizer", "fisher-sam", "--fisher-eta", "2"],
+        xs.fisher_sam(0.1, 2.0),
+    ),
+    "looksam, --looksam-every, --looksam-alpha: the plan skips the steps in between": (
+        ["--optimizer", "looksam", "--looksam-every", "3", "--looksam-alpha", "0.5"],
+        xs.looksam(0.05, 3, 0.5),
+    ),
+    "looksam+late=0.5": (
+        ["--optimizer", "looksam+late=0.5"],
+        xs.looksam(xs.late_phase(0.05, TOTAL // 2), 5, 0.7),
+    ),
+    "--perturbation-mask norm: the LayerNorms of the transformer (SAM-ON)": (
+        ["--optimizer", "sam", "--model", "transformer", "--perturbation-mask", "norm"],
+        xs.sam(0.05, perturbation_mask=lambda params: in_layers(params, LAYER_NORMS)),
+    ),
+    "sam+every=2: SAM on the even steps": (
+        ["--optimizer", "sam+every=2"],
+        xs.sam(xs.periodic(0.05, 2)),
+    ),
+    "--perturb-every on xsam: the epoch's search moves to a climbing step": (
+        ["--perturb-every", "3"],
+        xs.xsam(xs.periodic(0.15, 3), 0.3, search_every=STEPS_PER_EPOCH),
+    ),
+    "gsam+random=0.5: draws from --seed": (
+        ["--optimizer", "gsam+random=0.5", "--seed", "7"],
+        xs.gsam(xs.randomized(0.05, 0.5, seed=7), 0.4),
+    ),
+    "--perturb-probability with a late phase: SGD, then random SAM steps": (
+        ["--optimizer", "sam+late=0.5", "--perturb-probability", "0.4"],
+        xs.sam(xs.late_phase(xs.randomized(0.05, 0.4, seed=0), TOTAL // 2)),
+    ),
     "sgd": (["--optimizer", "sgd"], None),
 }
 
@@ -127,6 +182,38 @@ def test_base_optimizer_flags(flags, lr, momentum, weight_decay):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
 
+def test_looksam_takes_the_second_gradient_on_its_full_steps_only():
+    config = config_from_flags(["--optimizer", "looksam+late=0.5", "--looksam-every", "3"])
+    built = _Run(config)
+    steps = np.arange(TOTAL)
+    np.testing.assert_array_equal(built.perturb_plan, (steps >= TOTAL // 2) & (steps % 3 == 0))
+    cost = experiment.cost(config, built.perturb_plan, STEPS_PER_EPOCH)
+    assert cost["gradient_evaluations"] == TOTAL + int(np.sum(built.perturb_plan))
+
+
+@pytest.mark.parametrize(
+    "flags,gradients,probes",
+    [
+        # SAM on the 11 even steps of 22: one extra gradient each.
+        (["--optimizer", "sam+every=2"], 22 + 11, 0),
+        # XSAM on steps 0, 3, ..., 21 (8 steps); one search an epoch (steps 0-10, 11-21): at
+        # step 0 and at step 12, the first that climbs in the second epoch.
+        (["--perturb-every", "3"], 22 + 8, 2 * 21),
+        # SGD until step 11, then XSAM on the even steps 12, ..., 20; one search, at step 12.
+        (["--optimizer", "xsam+late=0.5+every=2"], 22 + 5, 21),
+        # Every step climbs twice; searches at steps 0 and 11.
+        (["--ascent-steps", "2"], 22 + 2 * 22, 2 * 21),
+    ],
+)
+def test_cost_counts_the_gradients_and_probes_of_the_plan(flags, gradients, probes):
+    config = config_from_flags(flags)
+    plan = experiment.perturb_plan(config, STEPS_PER_EPOCH)
+    assert experiment.cost(config, plan, STEPS_PER_EPOCH) == {
+        "gradient_evaluations": gradients,
+        "probe_evaluations": probes,
+    }
+
+
 def test_variants_and_aliases():
     assert experiment.parse_variant("xsam+adaptive+late=0.75") == {
         "optimizer": "xsam",
@@ -134,6 +221,15 @@ def test_variants_and_aliases():
         "late_phase_start": 0.75,
     }
     assert experiment.parse_variant("xsam+late") == {"optimizer": "xsam", "late_phase_start": 0.8}
+    assert experiment.parse_variant("sam+every=2+late=0.5") == {
+        "optimizer": "sam",
+        "perturb_every": 2,
+        "late_phase_start": 0.5,
+    }
+    assert experiment.parse_variant("gsam+random=0.25") == {
+        "optimizer": "gsam",
+        "perturb_probability": 0.25,
+    }
     late = experiment.TrainConfig(optimizer="late-sam")
     assert (late.optimizer, late.adaptive, late.late_phase_start) == ("sam", False, 0.8)
     early = experiment.TrainConfig(optimizer="late-sam", late_phase_start=0.3)
@@ -144,6 +240,7 @@ def test_variants_and_aliases():
         ("adamw", "unknown method 'adamw'"),
         ("sam+late=x", r"\+late=F needs"),
         ("sam+slow", "unknown modifier 'slow'"),
+        ("sam+random=half", r"\+random=P needs a probability P, got 'random=half'"),
     ):
         with pytest.raises(ValueError, match=message):
             experiment.parse_variant(bad)

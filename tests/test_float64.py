@@ -15,7 +15,9 @@ from _reference import (
     W0,
     W_STEEP,
     ascent,
+    fsam_step,
     grad_np,
+    looksam_step,
     loss_jax,
     loss_np,
     steep_grad_np,
@@ -23,6 +25,7 @@ from _reference import (
     steep_loss_np,
     to_tree,
     to_vec,
+    vasso_step,
     xsam_step,
 )
 
@@ -31,6 +34,8 @@ import xsam_jax as xs
 LR, MU, STEPS, RTOL = 0.05, 0.9, 10, 1e-12
 GRID = np.arange(21) * 0.1
 SCALE_ETA = 0.01
+KERNEL_ONLY = {"kernel": True, "bias": False}  # a perturbation mask and its coordinates:
+KERNEL = np.arange(7) < 6  # the kernel is w[:6], the bias w[6]
 
 
 def sam_like(rho, **kw):
@@ -53,14 +58,26 @@ def wsam_np(rho, gamma):
     return direction
 
 
-def xsam_np(rho, rho_max, every, loss, grad):
+def xsam_np(rho, rho_max, every, loss, grad, mask=None):
     def direction(w, state):
         count, alpha = state
         searching = count % every == 0
+        grid = GRID if searching else None
         d, alpha, _, _ = xsam_step(
-            w, rho, rho_max, alpha, GRID if searching else None, loss=loss, grad=grad, eps=1e-12
+            w, rho, rho_max, alpha, grid, loss=loss, grad=grad, eps=1e-12, mask=mask
         )
         return d, (count + 1, alpha)
+
+    return direction
+
+
+def with_history(step):
+    """A reference step(w, history, count) -> (d, history) as a `direction(w, state)`."""
+
+    def direction(w, state):
+        count, history = state
+        d, history = step(w, None if count == 0 else history, count)
+        return d, (count + 1, history)
 
     return direction
 
@@ -84,6 +101,34 @@ CASES = {
     "xsam-interior": (
         lambda: xs.xsam(0.5, 0.3, search_every=1),
         xsam_np(0.5, 0.3, 1, steep_loss_np, steep_grad_np),
+    ),
+    "fsam": (
+        lambda: xs.fsam(0.1, 0.8, 0.6),
+        with_history(lambda w, m, t: fsam_step(w, m, 0.1, 0.8, 0.6)),
+    ),
+    "vasso": (
+        lambda: xs.vasso(0.1, 0.4),
+        with_history(lambda w, d, t: vasso_step(w, d, 0.1, 0.4)),
+    ),
+    "fisher-sam": (
+        lambda: xs.fisher_sam(0.1, 2.0),
+        lambda w, state: (ascent(w, 0.1, fisher_eta=2.0)[0], state),
+    ),
+    "fisher-sam-k2": (
+        lambda: xs.fisher_sam(0.1, 2.0, ascent_steps=2),
+        lambda w, state: (ascent(w, 0.1, k=2, fisher_eta=2.0)[0], state),
+    ),
+    "looksam": (
+        lambda: xs.looksam(0.1, every=3, alpha=0.7),
+        with_history(lambda w, g_v, t: looksam_step(w, g_v, t % 3 == 0, 0.1, 0.7)),
+    ),
+    "sam-masked": (
+        lambda: xs.sam(0.1, perturbation_mask=KERNEL_ONLY),
+        lambda w, state: (ascent(w, 0.1, mask=KERNEL)[0], state),
+    ),
+    "xsam-masked": (
+        lambda: xs.xsam(0.15, 0.6, search_every=3, perturbation_mask=KERNEL_ONLY),
+        xsam_np(0.15, 0.6, 3, loss_np, grad_np, mask=KERNEL),
     ),
 }
 
@@ -127,6 +172,5 @@ def test_float64_trajectory_matches_the_reference(name):
     worst = max(np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(lib, ref, strict=True))
     print(f"{name}: largest relative difference {worst:.3g}")
     assert worst < RTOL, f"{name}: largest relative difference {worst:.3g}"
-    if name.startswith("xsam"):
-        for leaf in (state[0].alpha, state[0].alpha_losses, state[0].cos_psi):
-            assert leaf.dtype == jnp.float64
+    for leaf in jax.tree.leaves(state[0]):  # XSAM's α*, probe losses, cos ψ; the averages
+        assert leaf.dtype in (jnp.int32, jnp.float64), leaf.dtype

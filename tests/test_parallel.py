@@ -3,9 +3,10 @@
 Everything that needs several devices runs in ONE subprocess (tests/parallel_child.py, which
 sets ``jax_num_cpu_devices=4`` before the backend starts), so this pytest session keeps its
 single device. The child trains a tiny tanh MLP for 3 steps with ``chain(method, sgd)`` for
-sam, gsam and xsam (ascent_steps 1 and 2, a search on steps 0 and 2, step 1 reusing step 0's
-α*) and compares each run with a reference written out in NumPy from the formulas (ε = ρ g/‖g‖,
-GSAM's projection, XSAM's slerp and grid search), on gradients of the flattened model.
+sam, gsam, xsam (ascent_steps 1 and 2, a search on steps 0 and 2, step 1 reusing step 0's
+α*), fsam and looksam (full steps 0 and 2) and compares each run with a reference written out
+in NumPy from the formulas (ε = ρ g/‖g‖, GSAM's projection, XSAM's slerp and grid search,
+F-SAM's average, LookSAM's g_v), on gradients of the flattened model.
 
 Verified:
 
@@ -19,7 +20,9 @@ Verified:
    (each device probing its own plane) are averaged so α* is the argmax of the mean, and the
    output is the mean of the per-device ‖g_k‖·v(α*). Under pmap every replica holds
    bit-identical params, updates and state (α* included); under shard_map ``out_specs=P()``
-   with the vma check proves the same.
+   with the vma check proves the same. The state that follows the clean gradients (F-SAM's
+   average, LookSAM's g_v) is the replica average, identical on every replica, while each
+   replica ascends (F-SAM) or forms its estimate (LookSAM) from its own local gradient.
 3. Device-count independence: shard_map over 2 devices gives the same params as over 4.
 """
 
@@ -34,7 +37,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 CHILD = os.path.join(os.path.dirname(__file__), "parallel_child.py")
-METHODS = ["sam", "gsam", "xsam_k1", "xsam_k2"]
+METHODS = ["sam", "gsam", "xsam_k1", "xsam_k2", "fsam", "looksam"]
 GLOBAL_MODES = ["pmap", "shard_map", "jit_sharded", "shard_map_2dev"]
 LOCAL_MODES = ["pmap", "shard_map"]
 CASES = [f"global-{m}-{n}" for n in METHODS for m in GLOBAL_MODES] + [
@@ -51,7 +54,7 @@ def results():
     env = dict(os.environ)
     env.pop("XLA_FLAGS", None)  # the child sets its own device count
     proc = subprocess.run(
-        [sys.executable, CHILD], capture_output=True, text=True, timeout=240, env=env
+        [sys.executable, CHILD], capture_output=True, text=True, timeout=480, env=env
     )
     assert proc.returncode == 0, f"child failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -72,6 +75,8 @@ def check_case(res, case):
         # The check must be able to fail: two searches with different interior winners.
         searched = res["searched_alphas"]
         assert len(set(searched)) == 2 and all(0 < a < 6 for a in searched), searched
+    if "memory_err" in res:  # F-SAM's average, LookSAM's g_v: the state every replica shares
+        assert res["memory_err"] < DIR_RTOL, f"{case}: state off by {res['memory_err']:.3g}"
     assert not res.get("replicas_differ", False), f"{case}: replicas differ"
     if "replica_spread" in res:
         assert res["replica_spread"] == 0.0

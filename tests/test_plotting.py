@@ -204,3 +204,24 @@ def test_training_curves_train_dashed_test_solid_and_alpha_for_xsam_only():
 def test_training_curves_without_alpha_have_two_panels():
     fig = plotting.plot_training_curves({"sgd": HISTORIES["sgd"]})
     assert [ax.get_title() for ax in fig.axes] == ["loss (train dashed, test solid)", "accuracy"]
+
+
+def test_frontier_joins_the_undominated_means():
+    costs = {"sgd": 100.0, "sam": 200.0, "every=2": 150.0, "late": 125.0}
+    values = {
+        "sgd": [0.89, 0.91],
+        "sam": [0.92, 0.94],
+        "every=2": [0.93, 0.93],
+        "late": [0.88, 0.90],
+    }
+    fig = plotting.plot_frontier(costs, values, xlabel="gradient evaluations")
+    (ax,) = fig.axes
+    # Means: sgd 0.90, sam 0.93, every=2 0.93, late 0.89. SAM is no better than every-2 at a
+    # higher cost and late is beaten by SGD: the frontier is sgd -> every=2, by cost.
+    x, y = _xy(ax.lines[-1])
+    np.testing.assert_allclose(x, [100.0, 150.0])
+    np.testing.assert_allclose(y, [0.90, 0.93])
+    bold = {t.get_text() for t in ax.texts if t.get_fontweight() == "bold"}
+    assert bold == {"sgd", "every=2"}
+    with pytest.raises(ValueError, match="costs and values must have the same labels"):
+        plotting.plot_frontier({"sgd": 1.0}, {"sam": [0.9]}, xlabel="x")

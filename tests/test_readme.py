@@ -4,6 +4,8 @@ import math
 import pathlib
 import re
 
+import numpy as np
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
@@ -24,3 +26,6 @@ def test_readme_python_blocks_run():
     assert 0.0 <= float(training["metrics"]["accuracy"]) <= 1.0
     top3 = sharpness["top3"]
     assert top3.shape == (3,) and float(top3[0]) >= float(top3[1]) >= float(top3[2])
+    # The smoothed density covers the spectrum: as the comment says, it integrates to about 1.
+    mass = np.trapezoid(np.asarray(sharpness["phi"]), np.asarray(sharpness["grid"]))
+    assert abs(mass - 1.0) < 1e-3

@@ -20,7 +20,20 @@ import xsam_jax as xs
 from xsam_jax._src import ascent, base, tree_math
 from xsam_jax._src.parallel import Averaging
 
-FACTORIES = [xs.sam, xs.asam, xs.gsam, xs.wsam, xs.wsam_decoupled, xs.xsam]
+FACTORIES = [
+    xs.sam,
+    xs.asam,
+    xs.gsam,
+    xs.wsam,
+    xs.wsam_decoupled,
+    xs.xsam,
+    xs.fsam,
+    xs.vasso,
+    xs.fisher_sam,
+    xs.looksam,
+]
+# Arguments a factory names like a shared option but means otherwise: Fisher SAM's η.
+OWN = {"fisher_sam": {"eta"}}
 
 
 @pytest.mark.parametrize("factory", FACTORIES, ids=lambda f: f.__name__)
@@ -31,8 +44,12 @@ def test_factories_list_the_shared_options_with_one_set_of_defaults(factory):
     }
     shared |= {f.name: f.default for f in dataclasses.fields(Averaging)}
     params = inspect.signature(factory).parameters
-    offered = [name for name in shared if name in params]
-    assert {"ascent_steps", "eps", "axis_name", "local_perturbation"} <= set(offered)
+    offered = [
+        name for name in shared if name in params and name not in OWN.get(factory.__name__, ())
+    ]
+    assert {"ascent_steps", "eps", "axis_name", "local_perturbation", "perturbation_mask"} <= set(
+        offered
+    )
     for name in offered:
         assert params[name].default == shared[name], name
 

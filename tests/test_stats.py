@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from xsam_jax._src.stats import mean_ci95, paired_difference
+from xsam_jax._src.stats import mean_ci95, paired_difference, pareto_front
 
 # Two-sided 95 % quantiles t_{0.975, df} from a printed t table.
 T_TABLE = {2: 4.303, 4: 2.776, 9: 2.262}
@@ -87,3 +87,17 @@ def test_nan_propagates():
 def test_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_pareto_front_by_hand():
+    # (cost, accuracy): SGD (100, 0.90); SAM (200, 0.93); every-2 (150, 0.93) beats SAM on cost
+    # at equal accuracy; late (125, 0.89) is beaten by SGD; random (150, 0.91) by every-2; a tie
+    # of two identical points keeps both.
+    costs = [100, 200, 150, 125, 150, 300, 300]
+    accuracies = [0.90, 0.93, 0.93, 0.89, 0.91, 0.95, 0.95]
+    np.testing.assert_array_equal(
+        pareto_front(costs, accuracies), [True, False, True, False, False, True, True]
+    )
+    assert pareto_front([1.0], [0.5]).tolist() == [True]
+    with pytest.raises(ValueError, match="costs and values must have the same length"):
+        pareto_front([1, 2], [0.5])

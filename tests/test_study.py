@@ -11,6 +11,7 @@ from xsam_jax import data, experiment, study
 from xsam_jax.study import report, runs, spec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
@@ -96,17 +97,46 @@ def test_rerunning_trains_nothing_and_writes_the_same_results(smoke, monkeypatch
         raise AssertionError("a cached run was trained again")
 
     monkeypatch.setattr(runs, "_train", no_training)
-    again = study.run_study(spec.smoke_plan(), out / "again", cache=out / "cache")
+    parts = ("tune", "final", "multistep", "late")  # the geometry part is not cached
+    again = study.run_study(spec.smoke_plan(), out / "again", cache=out / "cache", parts=parts)
     for key in ("tuning", "final", "multistep", "late_phase"):
         assert again[key] == results[key]
-    assert (out / "again" / "tables.md").read_text() == (out / "out" / "tables.md").read_text()
+    first, second = report.tables(results), report.tables(again)
+    assert {k: v for k, v in first.items() if k in second} == second
     for name in (
         "accuracy-digits-mlp.png",
         "geometry-digits-mlp.png",
         "late-phase.png",
         "multistep.png",
     ):
-        assert (out / "again" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (out / "again" / name).read_bytes()[:8] == PNG
+
+
+def test_the_geometry_part_measures_every_step(smoke):
+    results, out, _ = smoke
+    geometry = results["geometry"]
+    settings = spec.smoke_plan().geometry
+    steps_per_epoch = 1437 // 128  # digits, the whole training split
+    for label, measured in geometry["steps"].items():
+        assert len(measured) == len(settings.seeds)
+        for run in measured:
+            assert len(run["loss"]) == settings.traced_epochs * steps_per_epoch
+            # The turn is α·ψ: α = 1 for SAM (never searched), the searched α for XSAM.
+            turn = np.asarray(run["rotation_degrees"])
+            expected = np.asarray(run["alpha"]) * np.asarray(run["psi_degrees"])
+            if label in ("sam", "xsam"):
+                np.testing.assert_allclose(turn, expected, rtol=1e-4, atol=1e-3)
+            if label == "sam":
+                assert set(run["alpha"]) == {1.0}
+            if label == "xsam+cap=30":
+                assert turn.max() <= 30.0 + 1e-3
+    assert len(geometry["searches"]["alpha_losses"]) == settings.epochs
+    assert len(geometry["noise"]["per_batch"]) == settings.noise_batches
+    alpha_one = [row for row in geometry["equivalence"]["initial"] if row["alpha"] == 1.0][0]
+    assert alpha_one["cos"] == pytest.approx(1.0, abs=1e-6)  # α = 1 is SAM at ρ itself
+    assert alpha_one["norm_ratio"] == pytest.approx(1.0, abs=1e-6)
+    for name in ("geometry-steps.png", "geometry-searches.png", "geometry-noise.png"):
+        assert (out / "out" / name).read_bytes()[:8] == PNG
 
 
 def test_the_cache_key_follows_the_resolved_config():
@@ -117,6 +147,28 @@ def test_the_cache_key_follows_the_resolved_config():
     assert runs.Job(dataclasses.replace(base, rho=0.1)).key() != key
     assert runs.Job(dataclasses.replace(base, seed=1)).key() != key
     assert runs.Job(base, test=True).key() != key
+
+
+def test_cached_results_keep_their_keys_when_config_fields_are_added():
+    """Keys computed by the version that cached the running study's results (5a68771): a
+    field added to TrainConfig since must be left out of the key at its old meaning."""
+    tuning = experiment.TrainConfig(
+        optimizer="xsam",
+        model="cnn1d",
+        test_size=10_000,
+        val_fraction=0.2,
+        rho=0.1,
+        rho_max=0.2,
+        seed=100,
+    )
+    assert runs.Job(tuning).key() == "3a1056a99d9d763d492d"
+    final = experiment.TrainConfig(
+        optimizer="sam", dataset="digits", model="mlp", epochs=2, val_fraction=0.2, rho=0.05
+    )
+    assert runs.Job(final, test=True, diagnostics=True).key() == "7dadc59a0dac2965b19a"
+    assert runs.Job(dataclasses.replace(final, perturb_every=2), test=True).key() != (
+        runs.Job(final, test=True).key()
+    )
 
 
 def test_every_method_has_a_grid_of_the_same_size():

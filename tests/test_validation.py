@@ -39,11 +39,48 @@ CASES = [
     (lambda: xs.gsam(alpha=-0.1), "alpha must be a finite float >= 0, got -0.1"),
     (lambda: xs.wsam(gamma=1.0), "gamma must be a finite float in [0, 1), got 1.0"),
     (lambda: xs.wsam(gamma=-0.1), "gamma must be a finite float in [0, 1), got -0.1"),
+    (lambda: xs.fsam(sigma=-0.1), "sigma must be a finite float >= 0, got -0.1"),
+    (lambda: xs.fsam(lmbda=1.5), "lmbda must be a finite float in [0, 1], got 1.5"),
+    (lambda: xs.fsam(rho=-1.0), "rho must be a finite float >= 0 or an optax schedule, got -1.0"),
+    (lambda: xs.vasso(theta=-0.5), "theta must be a finite float in [0, 1], got -0.5"),
+    (lambda: xs.vasso(ascent_steps=0), "ascent_steps must be an integer >= 1, got 0"),
+    (lambda: xs.fisher_sam(eta=-1.0), "eta must be a finite float >= 0, got -1.0"),
+    (lambda: xs.fisher_sam(eta=float("nan")), "eta must be a finite float >= 0, got nan"),
+    (lambda: xs.looksam(every=0), "every must be an integer >= 1, got 0"),
+    (lambda: xs.looksam(every=2.5), "every must be an integer >= 1, got 2.5"),
+    (lambda: xs.looksam(alpha=-0.1), "alpha must be a finite float >= 0, got -0.1"),
+    (
+        lambda: xs.looksam(rho=-0.1),
+        "rho must be a finite float >= 0 or an optax schedule, got -0.1",
+    ),
+    (
+        lambda: xs.gsam(perturbation_mask={"w": 1}),
+        "perturbation_mask must be a pytree of Python bools (possibly a prefix of the params, "
+        "like an optax mask) or a callable returning one, got 1",
+    ),
     (lambda: xs.late_phase(0.05, -1), "start_step must be an integer >= 0, got -1"),
     (lambda: xs.late_phase(0.05, 2.0), "start_step must be an integer >= 0, got 2.0"),
     (
         lambda: xs.late_phase(-0.05, 10),
         "rho must be a finite float >= 0 or an optax schedule, got -0.05",
+    ),
+    (lambda: xs.periodic(0.05, 0), "every must be an integer >= 1, got 0"),
+    (lambda: xs.periodic(0.05, 2.0), "every must be an integer >= 1, got 2.0"),
+    (
+        lambda: xs.periodic(-1.0, 2),
+        "rho must be a finite float >= 0 or an optax schedule, got -1.0",
+    ),
+    (
+        lambda: xs.randomized(0.05, 1.5, seed=0),
+        "probability must be a finite float in [0, 1], got 1.5",
+    ),
+    (
+        lambda: xs.randomized(0.05, 0.5, seed=-1),
+        "seed must be an integer in [0, 4294967295], got -1",
+    ),
+    (
+        lambda: xs.randomized(0.05, 0.5, seed=2**32),
+        "seed must be an integer in [0, 4294967295], got 4294967296",
     ),
 ]
 

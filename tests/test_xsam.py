@@ -186,10 +186,13 @@ def test_late_phase_takes_no_extra_gradient_before_the_switch():
         updates, state = step(params, state)
         jax.effects_barrier()
         per_step.append(len(evaluations) - before)
-    # No evaluation before the switch; after it, one gradient (g_k) per step; the search at
-    # count 0 was skipped because rho was 0 then, so no 21-probe step appears.
-    assert per_step == [0, 0, 0, 1, 1]
-    np.testing.assert_allclose(to_vec(updates), ascent(W0, 0.15)[0], rtol=2e-5)
+    # No evaluation before the switch; after it, one gradient (g_k) per step. The search due
+    # at count 0, whose rho was 0, runs at the switch (21 probes), not a period later.
+    assert per_step == [0, 0, 0, 1 + len(GRID), 1]
+    # Both steps climb from W0 (no update is applied): the last one uses the α* searched at
+    # the switch.
+    searched = xsam_step(W0, 0.15, 0.6, 1.0, GRID)[0]
+    np.testing.assert_allclose(to_vec(updates), searched, rtol=2e-5, atol=1e-6)
 
 
 def test_adaptive_is_asam_ascent_with_parameter_space_slerp():

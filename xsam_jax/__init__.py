@@ -15,9 +15,12 @@ trace), `xsam_jax.landscape` (Proposition 1, α curves, interpolation, surfaces)
 """
 
 from xsam_jax._src.base import SAMState
+from xsam_jax._src.fisher_sam import fisher_sam
 from xsam_jax._src.gsam import gsam
+from xsam_jax._src.looksam import LookSAMState, looksam
+from xsam_jax._src.moving_average import MovingAverageState, fsam, vasso
 from xsam_jax._src.sam import asam, sam
-from xsam_jax._src.schedules import late_phase, perturbed_steps
+from xsam_jax._src.schedules import late_phase, periodic, perturbed_steps, randomized
 from xsam_jax._src.slerp import alpha_grid, slerp_coefficients
 from xsam_jax._src.wsam import WSAMDecoupledState, wsam, wsam_decoupled
 from xsam_jax._src.xsam import XSAMState, xsam
@@ -25,16 +28,24 @@ from xsam_jax._src.xsam import XSAMState, xsam
 __version__ = "0.1.0"
 
 __all__ = [
+    "LookSAMState",
+    "MovingAverageState",
     "SAMState",
     "WSAMDecoupledState",
     "XSAMState",
     "alpha_grid",
     "asam",
+    "fisher_sam",
+    "fsam",
     "gsam",
     "late_phase",
+    "looksam",
+    "periodic",
     "perturbed_steps",
+    "randomized",
     "sam",
     "slerp_coefficients",
+    "vasso",
     "wsam",
     "wsam_decoupled",
     "xsam",

@@ -3,7 +3,9 @@
 With no arguments it trains the 1-D CNN on MNIST-1D (generated offline) with XSAM for 60 epochs,
 about a minute on a laptop CPU. `--compare sgd,sam,xsam+adaptive --seeds 0-4` runs several
 variants and seeds with otherwise equal settings and prints (and with `--out` writes) their mean
-accuracies with 95 % intervals and the paired differences to a baseline.
+accuracies with 95 % intervals and the paired differences to a baseline. Several processes
+(hosts) train one model together when started by SLURM, Open MPI or on a TPU pod, or with
+`--coordinator HOST:PORT --num-processes N --process-id I` (README, "On a cluster").
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ import dataclasses
 import pathlib
 import sys
 
+from xsam_jax._src.validation import InvalidArgumentError
 from xsam_jax.data import DatasetNotPreparedError
-from xsam_jax.experiment import OPTIMIZERS, TrainConfig, parse_variant
+from xsam_jax.experiment import OPTIMIZERS, PERTURBATION_MASKS, TrainConfig, launch, parse_variant
 
 
 def _seed_list(text: str) -> list[int]:
@@ -60,8 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=_variant,
         default=defaults.optimizer,
         metavar="VARIANT",
-        help=f"{' | '.join(OPTIMIZERS)}, optionally with +adaptive (ASAM ascent) "
-        "and +late=F (SGD until fraction F of training), e.g. xsam+adaptive",
+        help=f"{' | '.join(OPTIMIZERS)}, optionally with +adaptive (ASAM ascent), "
+        "+late=F (SGD until fraction F of training), +every=N (climb on every N-th step) or "
+        "+random=P (on a random fraction P of the steps), e.g. xsam+adaptive, sam+every=2",
     )
     p.add_argument(
         "--compare",
@@ -95,8 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="ascent radius (default: the study's choice for the dataset and model "
-        "where it measured them, else the paper's: sam/gsam/wsam 0.05, xsam 0.15, "
-        "adaptive 0.5)",
+        "where it measured them, else the paper's: sam/gsam/wsam/fsam/vasso/looksam 0.05, "
+        "xsam 0.15, fisher-sam 0.1, adaptive 0.5)",
     )
     p.add_argument(
         "--rho-max",
@@ -114,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--search-every",
         type=int,
         default=None,
-        help="XSAM: steps between alpha searches (default: once an epoch)",
+        help="XSAM: steps between alpha searches (default: once an epoch; 0: never, alpha stays 1)",
     )
     p.add_argument(
         "--xsam-reuse",
@@ -132,11 +136,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gsam-alpha", type=float, default=defaults.gsam_alpha)
     p.add_argument("--wsam-gamma", type=float, default=defaults.wsam_gamma)
     p.add_argument(
+        "--fsam-sigma",
+        type=float,
+        default=defaults.fsam_sigma,
+        help="fsam: how much of the gradient average is removed from the ascent direction",
+    )
+    p.add_argument(
+        "--fsam-lambda",
+        type=float,
+        default=defaults.fsam_lambda,
+        help="fsam: decay of the gradient average",
+    )
+    p.add_argument(
+        "--vasso-theta",
+        type=float,
+        default=defaults.vasso_theta,
+        help="vasso: weight of the newest gradient in the averaged ascent direction",
+    )
+    p.add_argument(
+        "--fisher-eta",
+        type=float,
+        default=defaults.fisher_eta,
+        help="fisher-sam: weight of the Fisher term in the metric 1 + eta*g^2",
+    )
+    p.add_argument(
+        "--looksam-every",
+        type=int,
+        default=defaults.looksam_every,
+        help="looksam: a full SAM step every this many steps",
+    )
+    p.add_argument(
+        "--looksam-alpha",
+        type=float,
+        default=defaults.looksam_alpha,
+        help="looksam: weight of the reused direction between full steps",
+    )
+    p.add_argument(
+        "--perturbation-mask",
+        choices=PERTURBATION_MASKS,
+        default=None,
+        help="perturb only these parameters: norm = the normalisation layers' (SAM-ON)",
+    )
+    p.add_argument(
         "--late-phase-start",
         type=float,
         default=None,
         metavar="FRACTION",
         help="train with SGD for this fraction of the steps, then with the method (late-sam: 0.8)",
+    )
+    p.add_argument(
+        "--perturb-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="climb on every N-th step only (steps 0, N, 2N, ...), plain SGD steps between",
+    )
+    p.add_argument(
+        "--perturb-probability",
+        type=float,
+        default=None,
+        metavar="P",
+        help="climb on a random fraction P of the steps (drawn from --seed), SGD on the others",
     )
     p.add_argument(
         "--m-sharpness",
@@ -149,7 +209,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--devices",
         type=int,
         default=1,
-        help="data-parallel devices (on CPU: that many simulated devices)",
+        help="data-parallel devices (on CPU: that many simulated devices), per process in a "
+        "run of several",
+    )
+    hosts = p.add_argument_group(
+        "several processes (hosts)",
+        "Each process trains on its rows of every global batch of --batch-size; process 0 "
+        "writes metrics and plots, all write the checkpoint in --out together. Detected "
+        "without flags under srun (SLURM) and mpirun (Open MPI) with several tasks and on TPU "
+        "pods whose environment lists the workers.",
+    )
+    hosts.add_argument("--coordinator", metavar="HOST:PORT", help="where process 0 listens")
+    hosts.add_argument("--num-processes", type=int, metavar="N", help="how many processes")
+    hosts.add_argument("--process-id", type=int, metavar="I", help="this process, 0 to N-1")
+    hosts.add_argument(
+        "--distributed",
+        action="store_true",
+        help="let JAX find the other processes (e.g. a Cloud TPU pod slice: "
+        "gcloud ... --worker=all)",
     )
     p.add_argument(
         "--augment",
@@ -218,8 +295,9 @@ def _configure_jit_cache(directory: str | None, enabled: bool) -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.1)
 
 
-def _configure_devices(devices: int) -> None:
-    """Simulated CPU devices must be requested before JAX starts its backend."""
+def _configure_devices(devices: int, distributed: dict | None) -> int:
+    """Requests simulated CPU devices and joins the other processes (both must happen before
+    JAX starts its backend); returns the number of processes."""
     import jax
 
     if devices > 1:
@@ -227,10 +305,26 @@ def _configure_devices(devices: int) -> None:
             jax.config.update("jax_num_cpu_devices", devices)
         except RuntimeError:
             pass  # the backend is already up (e.g. called from Python): use what exists
-    if jax.device_count() < devices:
+    if distributed is not None:
+        launch.join(distributed)
+    if jax.local_device_count() < devices:
         raise ValueError(
-            f"--devices must be at most the {jax.device_count()} devices available, got {devices}"
+            f"--devices must be at most the {jax.local_device_count()} devices available, "
+            f"got {devices}"
         )
+    return jax.process_count()
+
+
+def _over_processes(config: TrainConfig, processes: int) -> TrainConfig:
+    """The config of a run over all processes: `devices` counts them all."""
+    total = config.devices * processes
+    if config.batch_size % total:
+        raise InvalidArgumentError(
+            "--batch-size",
+            f"divisible by --devices × the {processes} processes ({total})",
+            config.batch_size,
+        )
+    return dataclasses.replace(config, devices=total)
 
 
 def _configs(args: argparse.Namespace, base: TrainConfig) -> dict[str, list[TrainConfig]]:
@@ -241,6 +335,12 @@ def _configs(args: argparse.Namespace, base: TrainConfig) -> dict[str, list[Trai
         label: [dataclasses.replace(base, seed=seed, **parse_variant(label)) for seed in seeds]
         for label in labels
     }
+
+
+def _validate(configs: dict[str, list[TrainConfig]]) -> None:
+    """InvalidArgumentError naming the flag of the first bad value (seeds differ only)."""
+    for per_seed in configs.values():
+        per_seed[0].validate()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,10 +354,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--baseline must be one of the --compare variants, got {args.baseline!r}")
     configs = _configs(args, base)
     multiple = sum(len(c) for c in configs.values()) > 1
+    lead = True  # the process that prints and writes the summary
     try:
-        for per_seed in configs.values():
-            per_seed[0].validate()
-        _configure_devices(base.devices)
+        distributed = launch.distributed_arguments(
+            args.coordinator, args.num_processes, args.process_id, detect=args.distributed
+        )
+        if distributed is None:  # one process: check the flags before JAX starts
+            _validate(configs)
+        processes = _configure_devices(base.devices, distributed)
+        if distributed is not None:  # checked once the processes are counted (--devices is each's)
+            import jax
+
+            lead = jax.process_index() == 0
+            configs = _configs(args, _over_processes(base, processes))
+            _validate(configs)
         _configure_jit_cache(args.jit_cache, not args.no_jit_cache)
         from xsam_jax import experiment
 
@@ -271,10 +381,11 @@ def main(argv: list[str] | None = None) -> int:
                     config, out=out, resume=args.resume, progress=not args.no_progress
                 )
                 results.setdefault(label, []).append(result)
-                print(_result_line(label, config.seed, result))
+                if lead:
+                    print(_result_line(label, config.seed, result))
     except (ValueError, DatasetNotPreparedError) as err:
         parser.exit(2, f"xsam-train: error: {err}\n")
-    if multiple:
+    if multiple and lead:
         summary = experiment.summarise(results, baseline=args.baseline)
         print()
         print(experiment.format_table(summary))

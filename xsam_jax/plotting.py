@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from xsam_jax._src.validation import InvalidArgumentError, check_grid, check_int
+from xsam_jax._src.validation import InvalidArgumentError, check_grid, check_int, check_range
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -289,6 +289,62 @@ def plot_eigenvalues(
     return _finish(fig, title, path)
 
 
+def plot_spectral_density(
+    nodes: ArrayLike,
+    weights: ArrayLike,
+    *,
+    width: float | None = None,
+    num_points: int = 1000,
+    log: bool = True,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """The Hessian's eigenvalue density from stochastic Lanczos quadrature, Gaussian-smoothed.
+
+    Plots `xsam_jax.sharpness.smoothed_density` of the quadrature on an even grid spanning the
+    nodes with a margin of 5 widths, on a logarithmic y axis by default (as Ghorbani et al.
+    2019 show it: the outliers carry about 1/n of the mass, the bulk near 0 the rest).
+
+    Args:
+      nodes: the ``nodes`` of `xsam_jax.sharpness.spectral_density`, shape (L, m).
+      weights: its ``weights``, the same shape.
+      width: the standard deviation σ > 0 of each node's Gaussian; None means 1 % of the
+        range of the nodes.
+      num_points: grid points, >= 2.
+      log: logarithmic y axis (cut at 1e-6 of the peak).
+      title: optional figure title.
+      path: optional output file (.png, .svg, .pdf).
+
+    Returns:
+      The figure.
+    """
+    from xsam_jax.sharpness import SpectralDensity, smoothed_density
+
+    nodes = np.asarray(nodes, np.float64)
+    weights = np.asarray(weights, np.float64)
+    if nodes.ndim != 2 or weights.shape != nodes.shape:
+        raise ValueError(
+            "nodes and weights must be arrays of one shape (num_probes, m), got "
+            f"{nodes.shape} and {weights.shape}"
+        )
+    check_int("num_points", num_points, low=2)
+    span = float(nodes.max() - nodes.min())
+    if width is None:
+        width = 0.01 * span if span > 0 else 1e-3
+    check_range("width", width, low=0.0, low_open=True)
+    grid = np.linspace(nodes.min() - 5 * width, nodes.max() + 5 * width, int(num_points))
+    density = smoothed_density(SpectralDensity(nodes, weights), grid, width=width)
+    fig, (ax,) = _figure()
+    ax.plot(grid, density, color="C0")
+    if log:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=1e-6 * density.max())
+    ax.set_xlabel("Hessian eigenvalue")
+    ax.set_ylabel(f"density (σ = {width:.3g})")
+    ax.grid(alpha=0.3)
+    return _finish(fig, title, path)
+
+
 def plot_alpha_per_epoch(
     epochs: ArrayLike,
     alphas: ArrayLike,
@@ -375,7 +431,9 @@ def plot_training_curves(
     return _finish(fig, title, path)
 
 
-def _bands(ax, curves: Mapping[str, Sequence[Sequence[float | None]]], name: str) -> None:
+def _bands(
+    ax, curves: Mapping[str, Sequence[Sequence[float | None]]], name: str, xlabel: str = "epoch"
+) -> None:
     """Mean ± one standard deviation over seeds per label; None entries leave gaps."""
     for i, (label, runs) in enumerate(curves.items()):
         values = np.array([[np.nan if v is None else v for v in run] for run in runs], np.float64)
@@ -424,15 +482,19 @@ def plot_curve_panels(
     curves: Mapping[str, Mapping[str, Sequence[Sequence[float | None]]]],
     ylabels: Mapping[str, str],
     *,
+    xlabel: str = "epoch",
+    hlines: Mapping[str, float] | None = None,
     title: str | None = None,
     path: str | os.PathLike | None = None,
 ) -> Figure:
-    """Several per-epoch quantities side by side, each as mean ± sd bands over seeds.
+    """Several quantities over epochs (or steps) side by side, as mean ± sd bands over seeds.
 
     Args:
       curves: panel name -> variant label -> one curve per seed (None entries are gaps, e.g.
         epochs before a first XSAM search).
       ylabels: panel name -> its y-axis label; the panels appear in this order.
+      xlabel: the x-axis label of every panel ("epoch", "step").
+      hlines: panel name -> a reference value drawn as a dotted line (e.g. 90 degrees).
       title: optional figure title.
       path: optional output file.
 
@@ -443,8 +505,10 @@ def plot_curve_panels(
         raise ValueError("ylabels must name at least one panel, got none")
     fig, axes = _figure(ncols=len(ylabels), width=3.8)
     for ax, (name, ylabel) in zip(axes, ylabels.items(), strict=True):
-        _bands(ax, curves[name], name)
+        _bands(ax, curves[name], name, xlabel)
         ax.set_ylabel(ylabel)
+        if hlines and name in hlines:
+            ax.axhline(hlines[name], color="0.4", linestyle=":", linewidth=1)
     axes[0].legend(fontsize="small")
     return _finish(fig, title, path)
 
@@ -491,6 +555,72 @@ def plot_tradeoff(
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend()
+    return _finish(fig, title, path)
+
+
+def plot_frontier(
+    costs: Mapping[str, float],
+    values: Mapping[str, Sequence[float]],
+    *,
+    xlabel: str,
+    ylabel: str = "final test accuracy",
+    log_x: bool = False,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Methods as points (cost, mean with 95 % interval), the Pareto frontier of the means joined.
+
+    A method is on the frontier when no other is both at most as costly and at least as
+    accurate on average (`xsam_jax._src.stats.pareto_front`); those are labelled in bold and
+    joined by a dashed line, the others are labelled in grey.
+
+    Args:
+      costs: label -> the method's cost (e.g. gradient evaluations or seconds per run).
+      values: label -> its per-seed values (e.g. final test accuracies); the same labels.
+      xlabel: the x-axis label.
+      ylabel: the y-axis label.
+      log_x: a logarithmic x axis.
+      title: optional figure title.
+      path: optional output file.
+
+    Returns:
+      The figure.
+    """
+    from xsam_jax._src.stats import mean_ci95, pareto_front
+
+    if not costs or set(costs) != set(values):
+        raise ValueError(
+            f"costs and values must have the same labels, at least one, got {sorted(costs)} "
+            f"and {sorted(values)}"
+        )
+    labels = list(costs)
+    x = np.array([float(costs[label]) for label in labels])
+    stats = [mean_ci95(values[label]) for label in labels]
+    means = np.array([m for m, _ in stats])
+    halves = np.array([h if np.isfinite(h) else 0.0 for _, h in stats])
+    front = pareto_front(x, means)
+    fig, (ax,) = _figure(width=6.5, height=4.5)
+    ax.errorbar(x, means, yerr=halves, fmt="none", ecolor="0.6", capsize=3)
+    ax.scatter(x[~front], means[~front], color="0.5", zorder=3)
+    ax.scatter(x[front], means[front], color="C3", zorder=4, label="Pareto frontier")
+    order = np.argsort(x[front])
+    ax.plot(x[front][order], means[front][order], "--", color="C3")
+    for label, xi, yi, on_front in zip(labels, x, means, front, strict=True):
+        ax.annotate(
+            label,
+            (xi, yi),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+            color="black" if on_front else "0.4",
+            fontweight="bold" if on_front else "normal",
+        )
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
     return _finish(fig, title, path)
 
 
@@ -541,4 +671,83 @@ def plot_accuracy_bars(
     ax.set_ylim(max(0.0, low - pad), min(1.0, high + pad) if high <= 1.0 else high + pad)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, axis="y")
+    return _finish(fig, title, path)
+
+
+def plot_alpha_curves(
+    alphas: ArrayLike,
+    curves: Mapping[str, ArrayLike],
+    *,
+    relative: bool = True,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """Several XSAM search curves L(θ + ρ_max·v(α)) against α, each with its α* marked.
+
+    Args:
+      alphas: the grid, 1-D.
+      curves: label (e.g. "epoch 5") -> the probe losses on the grid.
+      relative: plot L(α) − L(α = 0), so curves at different loss levels compare.
+      title: optional figure title.
+      path: optional output file.
+
+    Returns:
+      The figure.
+    """
+    alphas = _vector("alphas", alphas)
+    if not curves:
+        raise ValueError("curves must hold at least one curve, got none")
+    fig, (ax,) = _figure(width=5.5)
+    for i, (label, losses) in enumerate(curves.items()):
+        losses = _same_length(f"curves[{label!r}]", losses, alphas)
+        values = losses - losses[0] if relative else losses
+        ax.plot(alphas, values, color=f"C{i}", label=label)
+        if np.isfinite(losses).any():
+            best = int(np.nanargmax(np.where(np.isfinite(losses), losses, -np.inf)))
+            ax.plot(alphas[best], values[best], "o", color=f"C{i}")
+    ax.axvline(1.0, color="0.6", linestyle=":", label=r"SAM ($\alpha = 1$)")
+    ax.set_xlabel(r"$\alpha$")
+    ax.set_ylabel(
+        r"$L(\theta + \rho_m v(\alpha)) - L(\theta + \rho_m v_0)$" if relative else "loss"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return _finish(fig, title, path)
+
+
+def plot_alpha_star_spread(
+    grid: ArrayLike,
+    per_batch: ArrayLike,
+    whole: float,
+    *,
+    title: str | None = None,
+    path: str | os.PathLike | None = None,
+) -> Figure:
+    """How often each α* wins on single batches, against the α* of the whole data set.
+
+    Args:
+      grid: the α grid, 1-D.
+      per_batch: α* of each single-batch search.
+      whole: α* of the search on the whole training set.
+      title: optional figure title.
+      path: optional output file.
+
+    Returns:
+      The figure.
+    """
+    grid = _vector("grid", grid)
+    per_batch = _vector("per_batch", per_batch)
+    counts = [int(np.sum(np.isclose(per_batch, a))) for a in grid]
+    step = float(grid[1] - grid[0]) if grid.size > 1 else 1.0
+    fig, (ax,) = _figure()
+    ax.bar(grid, counts, width=0.8 * step, color="C0", label=f"{per_batch.size} single batches")
+    ax.axvline(
+        float(whole),
+        color="C3",
+        linestyle="--",
+        label=rf"whole training set: $\alpha^* = {float(whole):.1f}$",
+    )
+    ax.set_xlabel(r"$\alpha^*$")
+    ax.set_ylabel("searches")
+    ax.legend()
     return _finish(fig, title, path)

@@ -129,6 +129,30 @@ def test_augmentation_composes_and_is_deterministic():
     )
 
 
+def test_augmenting_some_rows_matches_augmenting_the_whole_batch():
+    """A process augmenting its rows of a global batch gets what the whole batch would."""
+    x = batch()
+    aug = Augmentation(crop_padding=2, flip=True, cutout_size=3, cutout_prob=0.5)
+    whole = aug(x, np.random.default_rng(6), pad_value=PAD_VALUE)
+    for rows in (np.arange(N // 2, N), np.arange(0, N, 3), np.array([40, 2, 17])):
+        part = aug(x[rows], np.random.default_rng(6), pad_value=PAD_VALUE, rows=rows, batch_size=N)
+        np.testing.assert_array_equal(part, whole[rows])
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"rows": np.arange(4)}, "rows and batch_size must be given together"),
+        ({"batch_size": N}, "rows and batch_size must be given together"),
+        ({"rows": np.arange(3), "batch_size": N}, r"rows must be 4 positions in \[0, 64\)"),
+        ({"rows": np.array([0, 1, 2, 64]), "batch_size": N}, r"in \[0, 64\)"),
+    ],
+)
+def test_augmentation_rejects_bad_rows(kw, match):
+    with pytest.raises(ValueError, match=match):
+        Augmentation()(batch()[:4], np.random.default_rng(0), **kw)
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [

@@ -202,6 +202,31 @@ def test_dataset_augmentation_depends_on_seed_and_epoch():
     assert not np.array_equal(epoch(ds, 1)[0]["x"], epoch(other_seed, 1)[0]["x"])
 
 
+def test_processes_loading_their_rows_rebuild_the_global_batches():
+    """Two processes taking interleaved rows of every batch (augmented) together load exactly
+    the batches of one process, each example augmented the same way."""
+    ds = ids_dataset(seed=3)
+    aug = Augmentation(crop_padding=2, cutout_size=2)
+    whole = list(ds.train_batches(16, epoch=2, augmentation=aug))
+    parts = [np.arange(0, 16, 2), np.arange(1, 16, 2)]
+    loaded = [list(ds.train_batches(16, epoch=2, augmentation=aug, rows=r)) for r in parts]
+    assert len(loaded[0]) == len(loaded[1]) == len(whole) == 103 // 16
+    for b, batch in enumerate(whole):
+        for rows, batches in zip(parts, loaded, strict=True):
+            np.testing.assert_array_equal(batches[b]["x"], batch["x"][rows])
+            np.testing.assert_array_equal(batches[b]["y"], batch["y"][rows])
+
+
+def test_iterate_batches_rows_take_positions_of_every_batch():
+    x = np.arange(20) * 10
+    batches = list(iterate_batches(x, x, 8, drop_last=True, rows=np.array([6, 1])))
+    assert [b["y"].tolist() for b in batches] == [[60, 10], [140, 90]]
+    with pytest.raises(ValueError, match="drop_last"):
+        iterate_batches(x, x, 8, rows=np.array([0]))
+    with pytest.raises(ValueError, match=r"rows must be positions in \[0, 8\)"):
+        iterate_batches(x, x, 8, drop_last=True, rows=np.array([8]))
+
+
 def test_dataset_crop_pads_with_normalised_black():
     ds = ids_dataset()
     np.testing.assert_allclose(ds.pad_value, [-0.2, -0.8, -0.15], rtol=1e-6)

@@ -33,15 +33,30 @@ def main(process_id: int, port: int, output: str) -> None:
         shutdown_timeout_seconds=30,
     )
     assert jax.device_count() == 4 and jax.local_device_count() == 2
+    # Two devices in all: one from each process, each holding half of a batch.
+    pair = training.data_mesh(2)
+    assert [d.process_index for d in pair.devices.flat] == [0, 1]
+    half = np.arange(process_id * 8, (process_id + 1) * 8)
+    np.testing.assert_array_equal(training.process_batch_rows(pair, 16), half)
+    for uneven in (3, 5):  # not an equal share of each process's devices
+        try:
+            training.data_mesh(uneven)
+        except ValueError as err:
+            assert "multiple of the 2 processes with at most 2 devices" in str(err), err
+        else:
+            raise AssertionError(f"data_mesh({uneven}) spans the processes unevenly")
     mesh = training.data_mesh()
     model = make_model()
     tx = optax.chain(xs.sam(RHO), optax.sgd(LR, momentum=MOMENTUM))
     state = training.replicate(training.TrainState.create(model, tx, rng=0), mesh)
     step = training.make_sharded_train_step(model, tx, mesh)
     share = GLOBAL_BATCH // PROCESSES
+    rows = training.process_batch_rows(mesh, GLOBAL_BATCH)
+    # The mesh lists process 0's devices first: each process holds a contiguous half.
+    np.testing.assert_array_equal(rows, np.arange(process_id * share, (process_id + 1) * share))
     for seed in range(STEPS):
         batch = make_batch(seed, GLOBAL_BATCH)
-        local = {k: v[process_id * share : (process_id + 1) * share] for k, v in batch.items()}
+        local = {k: v[rows] for k, v in batch.items()}
         # Awaited: queued all-reduce programs can deadlock XLA's CPU collectives.
         state = jax.block_until_ready(step(state, training.shard_batch(local, mesh))[0])
     flat = jax.tree_util.tree_flatten_with_path(as_dicts(state))[0]

@@ -100,6 +100,10 @@ class Method:
       ascent_start: (g0, state) -> the gradient the first ascent step follows; SAM's is g0.
       clean: (g0, state) -> (direction, state) on steps whose ρ is 0 (no ascent, no extra
         gradient); SAM returns g0.
+      track: None, or (ḡ0, state) -> state run on every step after the above, with ḡ0 the
+        clean gradient averaged over replicas even under ``local_perturbation``: for state
+        that follows the clean gradients (a moving average), which must stay identical on
+        every replica because training steps keep one optimizer state for all of them.
     """
 
     name: str
@@ -107,6 +111,7 @@ class Method:
     init: Callable[[PyTree], State] = _count_only
     ascent_start: Callable[[PyTree, State], PyTree] = _from_clean_gradient
     clean: Callable[[PyTree, State], tuple[PyTree, State]] = _clean_gradient
+    track: Callable[[PyTree, State], State] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,8 +210,10 @@ def sharpness_aware(
 
     On each step: ρ_t = ρ(count); if ρ_t > 0, climb k steps of total length ρ_t from θ on
     ``loss_fn`` (starting along ``method.ascent_start(g0, state)``) and return
-    ``method.output``; else return ``method.clean`` without any extra gradient. The result is
-    averaged over replicas as ``options.averaging`` says and cast to the gradients' dtypes.
+    ``method.output``; else return ``method.clean`` without any extra gradient. A perturbation
+    mask that selects no leaf makes every step such a step. The result is averaged over
+    replicas as ``options.averaging`` says and cast to the gradients' dtypes; then
+    ``method.track`` sees the replica-averaged clean gradient.
     ρ_t and everything derived from it are in the gradients' computation dtype (float32, or
     float64 for float64 gradients; see `tree_math`).
 
@@ -247,7 +254,10 @@ def sharpness_aware(
         def clean():
             return finish(method.clean(g0, state))
 
-        new_updates, new_state = gate_on_radius(rho, rho_now, perturbed, clean, perturb)
+        radius = 0.0 if ascent.perturbs_nothing(options.ascent, params) else rho
+        new_updates, new_state = gate_on_radius(radius, rho_now, perturbed, clean, perturb)
+        if method.track is not None:
+            new_state = method.track(averaging.shared(g0), new_state)
         return new_updates, new_state._replace(count=optax.safe_increment(state.count))
 
     return optax.GradientTransformationExtraArgs(method.init, update_fn)

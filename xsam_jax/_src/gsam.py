@@ -25,6 +25,7 @@ def gsam(
     eps: float = 1e-12,
     axis_name: str | None = None,
     local_perturbation: bool = False,
+    perturbation_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Surrogate-gap guided SAM.
 
@@ -43,7 +44,7 @@ def gsam(
       alpha: α ≥ 0, weight of the gap-decreasing component (the paper uses 0.01–0.3 for
         ResNets and up to 0.6 for ViTs).
       ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps, axis_name,
-        local_perturbation: as in `sam`.
+        local_perturbation, perturbation_mask: as in `sam`.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` (needs ``loss_fn``, see `sam`).

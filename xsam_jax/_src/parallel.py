@@ -45,6 +45,10 @@ class Averaging:
         """The clean gradient the ascent starts from."""
         return grads if self.local_perturbation else self.mean(grads)
 
+    def shared(self, incoming: Any) -> Any:
+        """The replica average of what `incoming` returned: the global-batch clean gradient."""
+        return self.mean(incoming) if self.local_perturbation else incoming
+
     def output(self, direction: Any) -> Any:
         """The direction handed to the base optimizer: identical on every replica."""
         return self.mean(direction) if self.local_perturbation else direction

@@ -21,6 +21,7 @@ def sam(
     eps: float = 1e-12,
     axis_name: str | None = None,
     local_perturbation: bool = False,
+    perturbation_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Sharpness-aware minimisation: replace g0 by the gradient at the ascent point.
 
@@ -59,6 +60,13 @@ def sam(
       local_perturbation: False (default) climbs along the gradient averaged over
         `axis_name` (result independent of the device count); True climbs from each device's
         local gradients and averages only the output (m-sharpness with m = per-device batch).
+      perturbation_mask: which leaves the ascent moves: a pytree of bools (possibly a prefix
+        of the params) or a callable params -> such a pytree, like optax masks; None = every
+        leaf. Each ascent step follows d of the gradient restricted to the selected leaves
+        (norms over them only), and the gradient at the ascent point is taken for every leaf,
+        as in the SAM-ON code (Mueller et al. 2023), which selects the normalisation layers
+        (`xsam_jax.training.normalization_mask`). A mask selecting no leaf makes every step a
+        ρ = 0 step: the clean gradient, no second gradient.
 
     Returns:
       An `optax.GradientTransformationExtraArgs`. Its `update` needs the keyword argument
@@ -87,6 +95,7 @@ def asam(
     eps: float = 1e-12,
     axis_name: str | None = None,
     local_perturbation: bool = False,
+    perturbation_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adaptive SAM: SAM in the space rescaled by :math:`T_w = |w| + \eta`.
 
@@ -105,8 +114,8 @@ def asam(
       rho: total ascent length in the rescaled space (ASAM's default 0.5; 2.0 is common with
         label smoothing on CIFAR); a float or a schedule.
       eta: η ≥ 0, keeps zero weights perturbable.
-      ascent_steps, norm, adaptive_mask, normalize, eps, axis_name, local_perturbation: as in
-        `sam`.
+      ascent_steps, norm, adaptive_mask, normalize, eps, axis_name, local_perturbation,
+        perturbation_mask: as in `sam`.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` (see `sam`).

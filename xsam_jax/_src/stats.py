@@ -83,3 +83,28 @@ def paired_difference(a: ArrayLike, b: ArrayLike) -> tuple[float, float]:
             f"and {y.size}"
         )
     return mean_ci95(x - y)
+
+
+def pareto_front(costs: ArrayLike, values: ArrayLike) -> np.ndarray:
+    """Which points are Pareto-optimal for a low cost and a high value.
+
+    Point i is on the front unless another point j dominates it: costs no more and is worth
+    no less, and is strictly better in one of the two (so ties keep both points).
+
+    Args:
+        costs: one cost per point (e.g. gradient evaluations per run).
+        values: one value per point, in the same order (e.g. mean test accuracy).
+
+    Returns:
+        A boolean array: True where the point is on the front.
+
+    Raises:
+        ValueError: if `costs` and `values` differ in length, or either is empty or not 1-D.
+    """
+    c, v = _as_vector("costs", costs), _as_vector("values", values)
+    if c.size != v.size:
+        raise ValueError(f"costs and values must have the same length, got {c.size} and {v.size}")
+    # dominates[i, j]: point j dominates point i.
+    no_worse = (c[None, :] <= c[:, None]) & (v[None, :] >= v[:, None])
+    better = (c[None, :] < c[:, None]) | (v[None, :] > v[:, None])
+    return ~(no_worse & better).any(axis=1)

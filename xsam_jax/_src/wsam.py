@@ -26,6 +26,7 @@ def wsam(
     eps: float = 1e-12,
     axis_name: str | None = None,
     local_perturbation: bool = False,
+    perturbation_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Weighted SAM, the non-decoupled form.
 
@@ -44,7 +45,7 @@ def wsam(
       rho: total ascent length (float or schedule).
       gamma: γ in [0, 1), weight of the sharpness term.
       ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps, axis_name,
-        local_perturbation: as in `sam`.
+        local_perturbation, perturbation_mask: as in `sam`.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` (needs ``loss_fn``, see `sam`).
@@ -99,6 +100,7 @@ def wsam_decoupled(
     eps: float = 1e-12,
     axis_name: str | None = None,
     local_perturbation: bool = False,
+    perturbation_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Weighted SAM, the decoupled form (the paper's default): wraps the base optimizer.
 
@@ -127,8 +129,8 @@ def wsam_decoupled(
       rho: total ascent length (float or schedule).
       gamma: γ in [0, 1), weight of the sharpness term.
       ascent_steps, norm, adaptive, eta, adaptive_mask, normalize, eps, axis_name,
-        local_perturbation: as in `sam`; the base optimizer always sees the clean gradient
-        averaged over `axis_name`.
+        local_perturbation, perturbation_mask: as in `sam`; the base optimizer always sees
+        the clean gradient averaged over `axis_name`.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` with state `WSAMDecoupledState`, whose

@@ -11,6 +11,7 @@ import optax
 from jax import lax
 
 from xsam_jax._src import search, tree_math
+from xsam_jax._src.ascent import restrict, selected_leaves
 from xsam_jax._src.base import Method, shared_options, sharpness_aware
 from xsam_jax._src.slerp import alpha_grid
 from xsam_jax._src.validation import (
@@ -36,6 +37,8 @@ class XSAMState(NamedTuple):
         applied: α·ψ (NaN before the first climb).
       search_rotation: α*·ψ at the last search, in radians (NaN before it): the rotation the
         search chose, which ``reuse="rotation"`` keeps until the next search.
+      searched_period: ``count // search_every`` of the last search step (int32, −1 before
+        it): a period whose index exceeds it has not searched yet.
 
     The floats are in the params' computation dtype: float32, or float64 for float64 params.
     """
@@ -46,6 +49,7 @@ class XSAMState(NamedTuple):
     cos_psi: jax.Array
     rotation: jax.Array
     search_rotation: jax.Array
+    searched_period: jax.Array
 
 
 _REUSE = ("alpha", "rotation")
@@ -83,6 +87,7 @@ def xsam(
     local_perturbation: bool = False,
     reuse: str = "alpha",
     max_rotation: float | None = None,
+    perturbation_mask: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""XSAM: SAM along the best direction of the plane spanned by the ascent.
 
@@ -96,7 +101,7 @@ def xsam(
       v(\alpha) = \frac{\sin((1-\alpha)\psi)\,v_0 + \sin(\alpha\psi)\,v_1}{\sin\psi},
 
     with g_k = ∇L(ϑ_k) and one global angle ψ over the whole pytree (v0 = g0/‖g0‖ for one
-    step). On search steps (``count % search_every == 0``) it sets
+    step). On search steps it sets
 
     .. math::
       \alpha^* = \arg\max_{\alpha \in \{0, \Delta, \dots, a\}} L(\theta + \rho_{\max} v(\alpha)),
@@ -113,6 +118,14 @@ def xsam(
     formed as one fused combination of the ascent chord and g_k. α* = 1 is (multi-step) SAM
     and α* = 0 the paper's "SGD+". The authors search once an epoch: pass
     ``search_every=steps_per_epoch``. With ``search_every=None`` α stays ``alpha_init``.
+
+    The search steps are the first step that climbs (ρ > 0) in each period of
+    ``search_every`` steps: ``count % search_every == 0`` when every step climbs, the paper's
+    rule. With a ρ schedule that skips steps (`periodic`, `randomized`, `late_phase`) a
+    scheduled search whose ρ is 0 is not lost but moves to the next step that climbs, so α* is
+    still searched about once per period (at most once; on every climbing step if steps climb
+    less often than once a period).
+
     When sin ψ → 0 the exact limit v(α) = (1−α)v0 + αv1 is used (the authors' code uses
     (v0 + v1)/2 there). Weight decay and momentum stay in the base optimizer chained after.
 
@@ -129,11 +142,17 @@ def xsam(
     ``max_rotation`` caps the turn directly: candidates with α·ψ above it are not chosen, and
     each step applies α_t = min(α*, max_rotation/ψ_t).
 
+    ``perturbation_mask`` (see `sam`) confines XSAM to the selected leaves S: the ascent moves
+    only them, so v0 is zero elsewhere; v1 is g_k restricted to S, so ψ, the plane and the
+    probes θ + ρ_max·v(α) all lie in S; the output is ‖g_k|S‖·v(α*) on S and g_k on the other
+    leaves (which SAM-ON also updates with the gradient at the ascent point), so α* = 1 is
+    SAM with the same mask.
+
     Args:
       rho: total ascent length ρ ≥ 0 (float or schedule); steps with ρ = 0 return the clean
         gradient without any extra gradient or search.
-      rho_max: probe radius ρ_max ≥ 0 (an absolute distance; float or schedule); the search is
-        skipped on steps where it is 0.
+      rho_max: probe radius ρ_max ≥ 0 (an absolute distance; float or schedule); a search
+        step where it is 0 searches nothing (its period keeps the previous α*).
       ascent_steps: number k ≥ 1 of ascent steps; None means 1.
       alpha_max: a ≥ 0, largest candidate α; None means 2.0.
       alpha_step: Δ > 0, grid spacing; None means 0.1 (21 candidates with a = 2). These three
@@ -160,6 +179,7 @@ def xsam(
         or ``"rotation"`` (the angle α*·ψ, see above).
       max_rotation: the largest angle in radians, in (0, π], between v0 and an applied
         direction, or None (the paper: no cap).
+      perturbation_mask: the leaves XSAM perturbs (see above and `sam`); None = every leaf.
 
     Returns:
       An `optax.GradientTransformationExtraArgs` with state `XSAMState`; `update` needs
@@ -183,7 +203,15 @@ def xsam(
         check_range("max_rotation", max_rotation, low=0.0, high=math.pi, low_open=True)
     options = shared_options(locals())
     method = _xsam_method(
-        grid, rho_max, search_every, alpha_init, search_chunk, eps, reuse, max_rotation
+        grid,
+        rho_max,
+        search_every,
+        alpha_init,
+        search_chunk,
+        eps,
+        reuse,
+        max_rotation,
+        options.ascent.perturbation_mask,
     )
     return sharpness_aware(method, rho, options)
 
@@ -197,6 +225,7 @@ def _xsam_method(
     eps: Any,
     reuse: str,
     max_rotation: float | None,
+    mask: Any,
 ) -> Method:
     """XSAM as a `Method`: α* lives in the state, and the output step runs the search."""
     rho_max_fn = as_schedule(rho_max)
@@ -211,6 +240,7 @@ def _xsam_method(
             cos_psi=nan,
             rotation=nan,
             search_rotation=nan,
+            searched_period=jnp.full([], -1, jnp.int32),
         )
 
     def search_alpha(plane, psi, radius, state, step):
@@ -241,20 +271,35 @@ def _xsam_method(
         return alpha
 
     def output(climb, state, step):
-        plane = search.ascent_plane(climb.chord, climb.g_k, eps)
+        # Python branch: without a mask the program is the unmasked one, op for op.
+        selected = None if mask is None else selected_leaves("perturbation_mask", mask, step.params)
+        g_plane = climb.g_k if selected is None else restrict(climb.g_k, selected)
+        plane = search.ascent_plane(climb.chord, g_plane, eps)
         psi = step.averaging.output(search.angle(plane))
         alpha, losses, search_rotation = state.alpha, state.alpha_losses, state.search_rotation
+        searched_period = state.searched_period
         if search_every is not None:
             radius = rho_max_fn(state.count).astype(psi.dtype)
+            # This runs on climbing steps only: the first of each period searches, even if the
+            # period's first step did not climb. Integer bookkeeping only, so a float ρ (every
+            # step climbs, the search at count % search_every == 0) compiles the same
+            # floating-point program as before.
+            period = state.count // search_every
+            due = period > searched_period
             alpha, losses, search_rotation = lax.cond(
-                (state.count % search_every == 0) & (radius > 0),
+                due & (radius > 0),
                 lambda: search_alpha(plane, psi, radius, state, step),
                 lambda: (alpha, losses, search_rotation),
             )
+            searched_period = jnp.where(due, period, searched_period)
         alpha_t = applied(alpha, search_rotation, psi)
         # ‖g_k‖·v(α_t): one fused combination of the chord and g_k (α = 1 gives g_k exactly).
         coefficients = search.along(plane, alpha_t, plane.grad_norm)
-        direction = tree_math.combine(coefficients, [climb.chord, climb.g_k], like=climb.g0)
+        direction = tree_math.combine(coefficients, [climb.chord, g_plane], like=climb.g0)
+        if selected is not None:  # leaves outside the mask: the gradient at ϑ_k, as in SAM
+            direction = jax.tree.map(
+                lambda s, d, g: d if s else g.astype(d.dtype), selected, direction, climb.g_k
+            )
         cos_psi = step.averaging.output(plane.cos_psi)
         return direction, state._replace(
             alpha=alpha,
@@ -262,6 +307,7 @@ def _xsam_method(
             cos_psi=cos_psi,
             rotation=alpha_t * psi,
             search_rotation=search_rotation,
+            searched_period=searched_period,
         )
 
     return Method("xsam", output, init)

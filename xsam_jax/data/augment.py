@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -55,11 +56,20 @@ def random_crop(
     _check_images(x)
     if padding < 0:
         raise ValueError(f"padding must be an integer >= 0, got {padding}")
+    return _crop(x, _draw_crop(rng, len(x), padding), padding, pad_value)
+
+
+def _draw_crop(rng: np.random.Generator, n: int, padding: int) -> np.ndarray:
+    """`(2, n)` offsets: the first row of each crop, then its first column."""
+    return rng.integers(0, 2 * padding + 1, size=(2, n))
+
+
+def _crop(x: np.ndarray, offsets: np.ndarray, padding: int, pad_value) -> np.ndarray:
     n, h, w, c = x.shape
     padded = np.empty((n, h + 2 * padding, w + 2 * padding, c), dtype=x.dtype)
     padded[...] = np.asarray(pad_value, dtype=x.dtype)
     padded[:, padding : padding + h, padding : padding + w] = x
-    dy, dx = rng.integers(0, 2 * padding + 1, size=(2, n))
+    dy, dx = offsets
     rows = dy[:, None] + np.arange(h)
     cols = dx[:, None] + np.arange(w)
     return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
@@ -76,8 +86,16 @@ def random_flip(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         The batch with the selected images mirrored.
     """
     _check_images(x)
-    flip = rng.random(x.shape[0]) < 0.5
-    return np.where(flip[:, None, None, None], x[:, :, ::-1], x)
+    return _flip(x, _draw_flip(rng, len(x)))
+
+
+def _draw_flip(rng: np.random.Generator, n: int) -> np.ndarray:
+    """`(n,)` booleans: which images are mirrored."""
+    return rng.random(n) < 0.5
+
+
+def _flip(x: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    return np.where(mirrored[:, None, None, None], x[:, :, ::-1], x)
 
 
 def cutout(
@@ -99,11 +117,24 @@ def cutout(
     """
     _check_images(x)
     _check_cutout(size, prob)
-    n, h, w, _ = x.shape
+    return _cutout(x, _draw_cutout(rng, len(x), x.shape[1:3], size, prob), size)
+
+
+def _draw_cutout(
+    rng: np.random.Generator, n: int, image_size: tuple[int, int], size: int, prob: float
+) -> np.ndarray:
+    """`(3, n)` integers: each square's top row and left column, and 1 where it is applied."""
+    h, w = image_size
     top = rng.integers(0, h, size=n) - size // 2
     left = rng.integers(0, w, size=n) - size // 2
     apply = rng.random(n) < prob
-    mask = _square_mask(top, left, size, h, w, apply, xp=np)
+    return np.stack([top, left, apply])
+
+
+def _cutout(x: np.ndarray, squares: np.ndarray, size: int) -> np.ndarray:
+    _, h, w, _ = x.shape
+    top, left, apply = squares
+    mask = _square_mask(top, left, size, h, w, apply.astype(bool), xp=np)
     return np.where(mask[..., None], np.zeros((), x.dtype), x)
 
 
@@ -156,24 +187,35 @@ class Augmentation:
         rng: np.random.Generator,
         *,
         pad_value: float | np.ndarray = 0.0,
+        rows: np.ndarray | None = None,
+        batch_size: int | None = None,
     ) -> np.ndarray:
         """Augments a batch on the host.
+
+        With `rows`, `x` is part of a batch (e.g. one process's share of a global batch): the
+        random choices are drawn for the whole batch and those of `rows` applied, so every
+        image is augmented exactly as it is when the whole batch is augmented at once.
 
         Args:
             x: `(N, H, W, C)` normalised float batch.
             rng: the batch's generator; the same generator state gives the same output.
             pad_value: crop padding fill, a scalar or one value per channel.
+            rows: the positions of `x`'s images in the whole batch, or None (`x` is it).
+            batch_size: the size of the whole batch; given exactly when `rows` is.
 
         Returns:
             The augmented batch, same shape and dtype.
         """
         _check_images(x)
+        n, pick = _whole_batch(len(x), rows, batch_size)
         if self.crop_padding:
-            x = random_crop(x, rng, padding=self.crop_padding, pad_value=pad_value)
+            offsets = pick(_draw_crop(rng, n, self.crop_padding))
+            x = _crop(x, offsets, self.crop_padding, pad_value)
         if self.flip:
-            x = random_flip(x, rng)
+            x = _flip(x, pick(_draw_flip(rng, n)))
         if self.cutout_size:
-            x = cutout(x, rng, size=self.cutout_size, prob=self.cutout_prob)
+            squares = _draw_cutout(rng, n, x.shape[1:3], self.cutout_size, self.cutout_prob)
+            x = _cutout(x, pick(squares), self.cutout_size)
         return x
 
     def apply_jax(
@@ -199,6 +241,26 @@ class Augmentation:
             cutout_size=self.cutout_size,
             cutout_prob=self.cutout_prob,
         )
+
+
+def _whole_batch(
+    num_images: int, rows: np.ndarray | None, batch_size: int | None
+) -> tuple[int, Callable[[np.ndarray], np.ndarray]]:
+    """The number of images to draw for, and how to keep the draws of `rows` (last axis)."""
+    if rows is None and batch_size is None:
+        return num_images, lambda draws: draws
+    if rows is None or batch_size is None:
+        raise ValueError(
+            f"rows and batch_size must be given together, got rows={rows!r} and "
+            f"batch_size={batch_size!r}"
+        )
+    rows = np.asarray(rows)
+    if rows.shape != (num_images,) or not np.all((rows >= 0) & (rows < batch_size)):
+        raise ValueError(
+            f"rows must be {num_images} positions in [0, {batch_size}) (one per image of x), "
+            f"got {rows!r}"
+        )
+    return batch_size, lambda draws: draws[..., rows]
 
 
 @functools.partial(jax.jit, static_argnames=("crop_padding", "flip", "cutout_size", "cutout_prob"))

@@ -162,6 +162,7 @@ class Dataset:
         augmentation: Augmentation | None = None,
         drop_last: bool = True,
         prefetch: int = 2,
+        rows: np.ndarray | None = None,
     ) -> Iterator[Batch]:
         """One shuffled, optionally augmented training epoch.
 
@@ -171,15 +172,19 @@ class Dataset:
             augmentation: host-side augmentation of the normalised images, or None.
             drop_last: skip the final partial batch (keeps every step's shape static).
             prefetch: batches prepared ahead in a background thread; 0 for none.
+            rows: load only these positions of every batch (a process's part of the global
+                batch, `training.process_batch_rows`), each example normalised and augmented
+                exactly as in the whole batch; needs `drop_last`. None loads whole batches.
 
         Returns:
             An iterator of `{"x": float32, "y": int32}` batches.
         """
+        part = {} if rows is None else {"rows": rows, "batch_size": batch_size}
 
         def transform(xb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
             xb = self.normalize(xb)
             if augmentation is not None:
-                xb = augmentation(xb, rng, pad_value=self.pad_value)
+                xb = augmentation(xb, rng, pad_value=self.pad_value, **part)
             return xb
 
         batches = iterate_batches(
@@ -191,6 +196,7 @@ class Dataset:
             epoch=epoch,
             drop_last=drop_last,
             transform=transform,
+            rows=rows,
         )
         return _maybe_prefetch(batches, prefetch)
 

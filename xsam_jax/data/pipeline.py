@@ -76,6 +76,7 @@ def iterate_batches(
     epoch: int = 0,
     drop_last: bool = False,
     transform: Transform | None = None,
+    rows: np.ndarray | None = None,
 ) -> Iterator[Batch]:
     """Yields one epoch of `{"x": float32, "y": int32}` batches.
 
@@ -89,6 +90,10 @@ def iterate_batches(
         drop_last: skip the final batch if it has fewer than `batch_size` examples.
         transform: `(x_batch, rng) -> float32 batch`, e.g. normalise and augment; `rng` is
             `batch_rng(seed=seed, epoch=epoch, index=b)`. Default: cast to float32.
+        rows: yield only these positions of every batch, in this order (one process's part
+            of a global batch, see `training.process_batch_rows`); needs `drop_last`, so
+            that every batch has them all. `transform` then gets those examples only. None
+            yields whole batches.
 
     Returns:
         An iterator over the epoch's batches; without `drop_last` every example appears
@@ -100,15 +105,23 @@ def iterate_batches(
         raise ValueError(f"x and y must have the same length, got {len(x)} and {len(y)}")
     _check_non_negative("seed", seed)
     _check_non_negative("epoch", epoch)
-    return _batches(x, y, batch_size, shuffle, seed, epoch, drop_last, transform)
+    if rows is not None:
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or not np.all((rows >= 0) & (rows < batch_size)):
+            raise ValueError(f"rows must be positions in [0, {batch_size}), got {rows!r}")
+        if not drop_last:
+            raise ValueError("rows needs drop_last=True (every batch must hold every row)")
+    return _batches(x, y, batch_size, shuffle, seed, epoch, drop_last, transform, rows)
 
 
-def _batches(x, y, batch_size, shuffle, seed, epoch, drop_last, transform):
+def _batches(x, y, batch_size, shuffle, seed, epoch, drop_last, transform, rows):
     n = len(x)
     order = epoch_permutation(n, seed=seed, epoch=epoch) if shuffle else np.arange(n)
     stop = n - n % batch_size if drop_last else n
     for index, start in enumerate(range(0, stop, batch_size)):
         idx = order[start : start + batch_size]
+        if rows is not None:
+            idx = idx[rows]
         xb = x[idx]
         if transform is None:
             xb = xb.astype(np.float32)

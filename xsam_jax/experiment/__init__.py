@@ -6,7 +6,8 @@
 - `train`: `run(config)` trains with a progress bar, evaluates every epoch and, with `out`,
   writes `metrics.json`, `curves.png` and Orbax checkpoints that `resume` continues
   bit-exactly; `load_run` restores what a run saved;
-- `compare`: side-by-side variants over seeds, with 95 % intervals and paired differences.
+- `compare`: side-by-side variants over seeds, with 95 % intervals and paired differences;
+- `launch`: joining the other processes of a run on several hosts (`jax.distributed`).
 """
 
 from xsam_jax.experiment.compare import format_table, summarise, write_comparison
@@ -17,6 +18,7 @@ from xsam_jax.experiment.config import (
     OPTIMIZERS,
     PAPER_RHO,
     PAPER_RHO_ADAPTIVE,
+    PERTURBATION_MASKS,
     TUNED_RADII,
     TrainConfig,
     default_radii,
@@ -37,6 +39,7 @@ __all__ = [
     "OPTIMIZERS",
     "PAPER_RHO",
     "PAPER_RHO_ADAPTIVE",
+    "PERTURBATION_MASKS",
     "TUNED_RADII",
     "TrainConfig",
     "cost",

@@ -1,10 +1,14 @@
 """What one run depends on: `TrainConfig`, the method names, their variants and defaults.
 
-A run is a *method* (``sgd``, ``sam``, ``xsam``, ``gsam``, ``wsam``) with two modifiers that
-apply to every sharpness-aware method: ``adaptive`` (the ASAM ascent, Kwon et al. 2021) and
-``late_phase_start`` (plain SGD until that fraction of training, then the method; Zhou et al.
-2025). ``asam`` and ``late-sam`` remain as shorthands. On the command line a variant is
-written ``method[+adaptive][+late=F]``, e.g. ``xsam+adaptive`` or ``sam+late=0.75``.
+A run is a *method* (``sgd``, ``sam``, ``xsam``, ``gsam``, ``wsam``, ``fsam``, ``vasso``,
+``fisher-sam``, ``looksam``) with modifiers that apply to every sharpness-aware method:
+``adaptive`` (the ASAM ascent, Kwon et al. 2021; not for ``fisher-sam``, whose ball is the
+Fisher's), ``late_phase_start`` (plain SGD until that fraction of training, then the method;
+Zhou et al. 2025) and the cheaper schedules ``perturb_every`` (the method on every N-th step,
+plain SGD steps between) or ``perturb_probability`` (the method on a random fraction of the
+steps; Zhao et al. 2022). ``asam`` and ``late-sam`` remain as shorthands. On the command line
+a variant is written ``method[+adaptive][+late=F][+every=N|+random=P]``, with XSAM's
+``+rotation`` and ``+cap=D``, e.g. ``xsam+adaptive``, ``sam+late=0.75`` or ``sam+every=2``.
 
 Defaults that a later version may change (ρ, ρ_max, the model) are resolved before a run is
 saved (`TrainConfig.resolved`), so `--resume` and `xsam-analyse` read what the run used.
@@ -18,7 +22,7 @@ from typing import Any
 from xsam_jax import data, models
 from xsam_jax._src.validation import InvalidArgumentError, check_choice, check_int, check_range
 
-METHODS = ("sgd", "sam", "xsam", "gsam", "wsam")
+METHODS = ("sgd", "sam", "xsam", "gsam", "wsam", "fsam", "vasso", "fisher-sam", "looksam")
 # Shorthands: what each sets (a late phase only where --late-phase-start is not given).
 ALIASES: dict[str, dict[str, Any]] = {
     "asam": {"optimizer": "sam", "adaptive": True},
@@ -26,8 +30,20 @@ ALIASES: dict[str, dict[str, Any]] = {
 }
 OPTIMIZERS = METHODS + tuple(ALIASES)
 # The papers' radii: SAM's "solid default" (Foret et al. 2021), ASAM's (Kwon et al. 2021),
-# XSAM's 0.15 / 0.3 (Chen & Zhou 2026); GSAM and WSAM start from SAM's.
-PAPER_RHO = {"sam": 0.05, "xsam": 0.15, "gsam": 0.05, "wsam": 0.05}
+# XSAM's 0.15 / 0.3 (Chen & Zhou 2026); GSAM and WSAM start from SAM's; F-SAM and VaSSO from
+# their code's defaults (0.05); Fisher SAM's γ = 0.1; LookSAM (no official code) from SAM's.
+PAPER_RHO = {
+    "sam": 0.05,
+    "xsam": 0.15,
+    "gsam": 0.05,
+    "wsam": 0.05,
+    "fsam": 0.05,
+    "vasso": 0.05,
+    "fisher-sam": 0.1,
+    "looksam": 0.05,
+}
+# `perturbation_mask` values: "norm" perturbs the normalisation layers only (SAM-ON).
+PERTURBATION_MASKS = ("norm",)
 PAPER_RHO_ADAPTIVE = 0.5
 # Radii chosen on validation data by the study (`xsam-study`, README "Results"), per
 # (dataset, model): they replace the papers' where the study measured the setting.
@@ -53,13 +69,16 @@ class TrainConfig:
 
     ``optimizer`` is a method of `METHODS` (a shorthand of `ALIASES` is rewritten into it);
     ``adaptive`` uses the ASAM ascent; ``late_phase_start`` F runs plain SGD for the first
-    fraction F of the steps (None: the method throughout). ``rho`` None takes the default radius
-    (`default_radii`), ``rho_max`` None likewise (XSAM only), ``search_every`` None searches α*
-    once an epoch, ``xsam_reuse`` and ``max_rotation`` (degrees) are XSAM's options beyond the
-    paper (`xsam_jax.xsam`), ``model`` None takes the dataset's default model, ``augment`` None
-    augments image datasets only (crop, flip, Cutout). ``val_fraction`` holds out that fraction
-    of the training set for validation (deterministic per seed); ``test_size`` enlarges
-    MNIST-1D's test set with more signals from its generator.
+    fraction F of the steps (None: the method throughout); after it, ``perturb_every`` N climbs
+    on the steps whose count is a multiple of N only, ``perturb_probability`` P on a random
+    fraction P of them (drawn from the run's seed), the other steps being plain SGD steps
+    (None: every step). ``rho`` None takes the default radius (`default_radii`), ``rho_max``
+    None likewise (XSAM only). ``search_every`` None searches α* once an epoch (0: never, α
+    stays 1, i.e. SAM computed through XSAM); ``xsam_reuse`` and ``max_rotation`` (degrees) are
+    XSAM's options beyond the paper (`xsam_jax.xsam`). ``model`` None takes the dataset's
+    default model, ``augment`` None augments image datasets only (crop, flip, Cutout).
+    ``val_fraction`` holds out that fraction of the training set for validation (deterministic
+    per seed); ``test_size`` enlarges MNIST-1D's test set with more signals from its generator.
     """
 
     optimizer: str = "xsam"
@@ -79,7 +98,16 @@ class TrainConfig:
     max_rotation: float | None = None
     gsam_alpha: float = 0.4
     wsam_gamma: float = 0.9
+    fsam_sigma: float = 1.0
+    fsam_lambda: float = 0.9
+    vasso_theta: float = 0.9
+    fisher_eta: float = 1.0
+    looksam_every: int = 5
+    looksam_alpha: float = 0.7
+    perturbation_mask: str | None = None
     late_phase_start: float | None = None
+    perturb_every: int | None = None
+    perturb_probability: float | None = None
     m_sharpness: int | None = None
     devices: int = 1
     augment: bool | None = None
@@ -118,19 +146,34 @@ class TrainConfig:
         check_choice("--dataset", self.dataset, data.available())
         if self.model is not None:
             check_choice("--model", self.model, models.available())
-        for name in ("epochs", "batch_size", "ascent_steps", "devices"):
+        for name in ("epochs", "batch_size", "ascent_steps", "devices", "looksam_every"):
             check_int(flag(name), getattr(self, name), low=1)
         check_range("--lr", self.lr, low=0.0, low_open=True)
         check_range("--momentum", self.momentum, low=0.0, high=1.0, high_open=True)
         check_range("--weight-decay", self.weight_decay, low=0.0)
         check_range("--gsam-alpha", self.gsam_alpha, low=0.0)
         check_range("--wsam-gamma", self.wsam_gamma, low=0.0, high=1.0, high_open=True)
+        check_range("--fsam-sigma", self.fsam_sigma, low=0.0)
+        check_range("--fsam-lambda", self.fsam_lambda, low=0.0, high=1.0)
+        check_range("--vasso-theta", self.vasso_theta, low=0.0, high=1.0)
+        check_range("--fisher-eta", self.fisher_eta, low=0.0)
+        check_range("--looksam-alpha", self.looksam_alpha, low=0.0)
+        if self.perturbation_mask is not None:
+            check_choice("--perturbation-mask", self.perturbation_mask, PERTURBATION_MASKS)
+        if self.optimizer == "fisher-sam" and self.adaptive:
+            raise InvalidArgumentError(
+                "--adaptive", "unset with --optimizer fisher-sam (its ball is the Fisher's)", True
+            )
         # Fields whose None means "the default": checked when set (flags are never None).
         optional_checks = {
-            "search_every": lambda v: check_int("--search-every", v, low=1),
+            "search_every": lambda v: check_int("--search-every", v, low=0),
             "rho": lambda v: check_range("--rho", v, low=0.0),
             "rho_max": lambda v: check_range("--rho-max", v, low=0.0),
             "late_phase_start": lambda v: check_range("--late-phase-start", v, low=0.0, high=1.0),
+            "perturb_every": lambda v: check_int("--perturb-every", v, low=1),
+            "perturb_probability": lambda v: check_range(
+                "--perturb-probability", v, low=0.0, high=1.0, low_open=True
+            ),
             "val_fraction": lambda v: check_range(
                 "--val-fraction", v, low=0.0, high=1.0, low_open=True, high_open=True
             ),
@@ -156,8 +199,22 @@ class TrainConfig:
                 self.test_size,
             )
         check_int("--seed", self.seed, low=0)
+        if self.perturb_probability is not None:
+            if self.perturb_every is not None:
+                raise InvalidArgumentError(
+                    "--perturb-probability", "unset with --perturb-every", self.perturb_probability
+                )
+            # The seed also seeds the steps' draws (`xsam_jax.randomized`).
+            check_int("--seed", self.seed, low=0, high=2**32 - 1)
         if self.optimizer == "sgd":
-            for name in ("adaptive", "late_phase_start", "m_sharpness"):
+            for name in (
+                "adaptive",
+                "late_phase_start",
+                "perturb_every",
+                "perturb_probability",
+                "m_sharpness",
+                "perturbation_mask",
+            ):
                 if getattr(self, name) not in (None, False):
                     raise InvalidArgumentError(
                         flag(name),
@@ -220,18 +277,27 @@ def default_radii(config: TrainConfig) -> tuple[float | None, float | None]:
     return rho, PAPER_RHO["xsam"] * 2 if config.adaptive else 2 * rho
 
 
+# Variant modifiers of the cheaper schedules: name -> (field, type, what a bad value is told).
+_SCHEDULE_MODIFIERS = {
+    "every": ("perturb_every", int, "+every=N needs a whole number of steps N"),
+    "random": ("perturb_probability", float, "+random=P needs a probability P"),
+}
+
+
 def parse_variant(text: str) -> dict[str, Any]:
-    """The config fields of a variant label ``method[+adaptive][+late=F][+rotation][+cap=D]``.
+    """The config fields of a variant label ``method[+adaptive][+late=F][+rotation][+cap=D]``
+    with at most one of ``[+every=N]`` and ``[+random=P]``.
 
     Args:
       text: e.g. ``"xsam"``, ``"asam"``, ``"xsam+adaptive"``, ``"sam+late=0.75"``,
         ``"xsam+late"`` (the late phase of `ALIASES`, from 80 % of training),
         ``"xsam+rotation"`` (XSAM reusing the searched angle), ``"xsam+cap=30"`` (XSAM turning
-        at most 30 degrees from v0).
+        at most 30 degrees from v0), ``"sam+every=2"`` (SAM on every second step, SGD steps
+        between), ``"sam+random=0.5"`` (SAM on a random half of the steps).
 
     Returns:
       The fields it sets: ``optimizer`` and possibly ``adaptive``, ``late_phase_start``,
-      ``xsam_reuse`` and ``max_rotation``.
+      ``xsam_reuse``, ``max_rotation``, ``perturb_every`` and ``perturb_probability``.
 
     Raises:
       ValueError: for an unknown method or modifier, naming the allowed ones.
@@ -240,7 +306,8 @@ def parse_variant(text: str) -> dict[str, Any]:
     if name not in OPTIMIZERS:
         raise ValueError(
             f"unknown method {name!r} in {text!r}; choose from "
-            f"{', '.join(OPTIMIZERS)} with modifiers +adaptive, +late=F"
+            f"{', '.join(OPTIMIZERS)} with modifiers +adaptive, +late=F, +every=N, +random=P, "
+            "+rotation, +cap=D"
         )
     fields: dict[str, Any] = {"optimizer": name}
     for modifier in modifiers:
@@ -255,6 +322,12 @@ def parse_variant(text: str) -> dict[str, Any]:
             except ValueError:
                 message = f"+cap=D needs an angle D in degrees, got {modifier!r} in {text!r}"
                 raise ValueError(message) from None
+        elif key in _SCHEDULE_MODIFIERS:
+            field, kind, needs = _SCHEDULE_MODIFIERS[key]
+            try:
+                fields[field] = kind(value)
+            except ValueError:
+                raise ValueError(f"{needs}, got {modifier!r} in {text!r}") from None
         elif key == "late":
             try:
                 fields["late_phase_start"] = float(value) if value else 0.8
@@ -262,5 +335,8 @@ def parse_variant(text: str) -> dict[str, Any]:
                 message = f"+late=F needs a fraction F, got {modifier!r} in {text!r}"
                 raise ValueError(message) from None
         else:
-            raise ValueError(f"unknown modifier {modifier!r} in {text!r}; use +adaptive or +late=F")
+            raise ValueError(
+                f"unknown modifier {modifier!r} in {text!r}; use +adaptive, +late=F, "
+                "+every=N, +random=P, +rotation or +cap=D"
+            )
     return fields

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import pathlib
@@ -98,24 +99,23 @@ class _Run:
         augment = images if config.augment is None else config.augment
         self.augmentation = data.Augmentation(cutout_size=16 if images else 0) if augment else None
         self.mesh = None
+        # The rows of every global batch this process loads (None: all, on one process).
+        self.rows = None
         model = self.model
+        optimizer = functools.partial(make_optimizer, config, self.steps_per_epoch, model=model)
         if config.m_sharpness is not None and config.devices == 1:
-            tx = make_optimizer(
-                config, self.steps_per_epoch, axis_name="groups", local_perturbation=True
-            )
+            tx = optimizer(axis_name="groups", local_perturbation=True)
             step = training.make_m_sharpness_train_step(model, tx, config.m_sharpness)
         elif config.m_sharpness is not None:
             self.mesh = training.data_mesh(config.devices)
-            tx = make_optimizer(
-                config, self.steps_per_epoch, axis_name="data", local_perturbation=True
-            )
+            tx = optimizer(axis_name="data", local_perturbation=True)
             step = training.make_shard_map_train_step(model, tx, self.mesh)
         elif config.devices > 1:
             self.mesh = training.data_mesh(config.devices)
-            tx = make_optimizer(config, self.steps_per_epoch)
+            tx = optimizer()
             step = training.make_sharded_train_step(model, tx, self.mesh)
         else:
-            tx = make_optimizer(config, self.steps_per_epoch)
+            tx = optimizer()
             step = training.make_train_step(model, tx)
         self.step = jax.jit(step, static_argnames="perturb") if self.mesh is None else step
         # Which steps take the second gradient, decided on the host so that a ρ schedule
@@ -125,6 +125,8 @@ class _Run:
         self.state = training.TrainState.create(model, tx, rng=config.seed)
         if self.mesh is not None:
             self.state = training.replicate(self.state, self.mesh)
+            if jax.process_count() > 1:
+                self.rows = training.process_batch_rows(self.mesh, config.batch_size)
 
     def compile_ahead(self, first_step: int) -> None:
         """Compile the programs the plan needs later in background threads, on one device.
@@ -150,7 +152,7 @@ class _Run:
 
     def batches(self, epoch: int):
         for batch in self.dataset.train_batches(
-            self.config.batch_size, epoch=epoch, augmentation=self.augmentation
+            self.config.batch_size, epoch=epoch, augmentation=self.augmentation, rows=self.rows
         ):
             yield batch if self.mesh is None else training.shard_batch(batch, self.mesh)
 
@@ -158,7 +160,13 @@ class _Run:
         return self.state if self.mesh is None else jax.device_get(self.state)
 
     def evaluate(self, split: str = "test") -> dict[str, float]:
-        """Mean loss and accuracy of the current model (eval mode) on a split."""
+        """Mean loss and accuracy of the current model (eval mode) on a split.
+
+        Every process evaluates the whole split on one of its devices with its copy of the
+        replicated state: no collective, and every process gets the same numbers (those of a
+        single-process run with these parameters), so all of them stop alike on a non-finite
+        loss.
+        """
         x, y = self.dataset.arrays(split)
         state = self.host_state()
         totals = {"loss": 0.0, "accuracy": 0.0}
@@ -249,6 +257,12 @@ def run(
 ) -> dict[str, Any]:
     """Train, evaluating after every epoch.
 
+    In a run of several JAX processes (after `jax.distributed.initialize`, with
+    `config.devices` counting the devices of all of them) every process calls `run` alike:
+    each loads and feeds its rows of every global batch, all write the checkpoint together
+    (so `out` must be on a file system they share), and process 0 alone shows the progress
+    bar and writes `metrics.json` and `curves.png`. Every process returns the result.
+
     Args:
       config: the run's configuration (validated first: ValueError on bad values); it is
         stored resolved (`TrainConfig.resolved`).
@@ -272,6 +286,7 @@ def run(
 
     config = config.resolved()
     built = _Run(config)
+    lead = jax.process_index() == 0  # the process that reports and writes the outputs
     saved_config = dataclasses.asdict(config)
     out = None if out is None else pathlib.Path(out)
     history: list[dict[str, Any]] = []
@@ -305,7 +320,7 @@ def run(
         total=config.epochs * built.steps_per_epoch,
         initial=start_epoch * built.steps_per_epoch,
         unit="step",
-        disable=not progress,
+        disable=not (progress and lead),
         dynamic_ncols=True,
         desc=f"{label} {config.dataset}",
     )
@@ -344,7 +359,8 @@ def run(
         bar.set_postfix(postfix)
         losses = [train["loss"], *(entry[f"{s}_loss"] for s in splits)]
         if not all(math.isfinite(v) for v in losses):
-            bar.write(f"epoch {epoch + 1}: the loss is not finite; stopping")
+            if lead:
+                bar.write(f"epoch {epoch + 1}: the loss is not finite; stopping")
             break
         if checkpointer is not None:
             checkpointer.save(built.state, metadata={"config": saved_config, "history": history})
@@ -364,8 +380,9 @@ def run(
     if out is not None:
         checkpointer.wait_until_finished()
         checkpointer.close()
-        (out / "metrics.json").write_text(json.dumps(result, indent=2))
-        plotting.plot_training_curves({label: history}, path=out / "curves.png")
+        if lead:
+            (out / "metrics.json").write_text(json.dumps(result, indent=2))
+            plotting.plot_training_curves({label: history}, path=out / "curves.png")
     return result
 
 

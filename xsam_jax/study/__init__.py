@@ -10,7 +10,8 @@ the study resumes where it stopped and can be run in parts (``--parts tune,final
 README's tables.
 
 Modules: `spec` (settings, methods, grids, seeds), `runs` (jobs, cache, worker processes),
-`stages` (tune, final, multi-step, late phase), `report` (tables and figures).
+`stages` (tune, final, multi-step, late phase), `geometry` (why XSAM fails where it fails:
+per-step angles, search curves, batch noise), `report` (tables and figures).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from xsam_jax.study.runs import Cache
 from xsam_jax.study.spec import Plan, full_plan, smoke_plan
 from xsam_jax.study.stages import Study, plan_description
 
-PARTS = ("tune", "final", "multistep", "late")
+PARTS = ("tune", "final", "multistep", "late", "geometry")
 RESULTS = pathlib.Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "study"
 
 
@@ -67,6 +68,10 @@ def run_study(
         results["multistep"] = study.multistep(results["tuning"], results["final"])
     if "late" in parts:
         results["late_phase"] = study.late_phase(results["tuning"], results["final"])
+    if "geometry" in parts:
+        from xsam_jax.study import geometry
+
+        results["geometry"] = geometry.measure(plan.geometry, log)
     import jax
 
     results["environment"] = {
@@ -91,16 +96,20 @@ def write_report(results: dict[str, Any], out: str | pathlib.Path) -> None:
     report.figures(results, out)
 
 
-def readme_with_tables(readme: str, tables: dict[str, str]) -> str:
-    """The README text with each ``<!-- study:NAME -->`` block replaced by table NAME."""
+def readme_with_tables(readme: str, tables: dict[str, str], prefix: str = "study") -> str:
+    """The README text with each ``<!-- PREFIX:NAME -->`` block replaced by table NAME.
+
+    Other benchmarks keep their own blocks under another prefix (``frontier``).
+    """
 
     def replace(match: re.Match) -> str:
         name = match.group(1)
         if name not in tables:
-            raise KeyError(f"README block study:{name} names no table of the results")
-        return f"<!-- study:{name} -->\n{tables[name]}\n<!-- /study:{name} -->"
+            raise KeyError(f"README block {prefix}:{name} names no table of the results")
+        return f"<!-- {prefix}:{name} -->\n{tables[name]}\n<!-- /{prefix}:{name} -->"
 
-    return re.sub(r"<!-- study:([\w-]+) -->\n.*?<!-- /study:\1 -->", replace, readme, flags=re.S)
+    pattern = rf"<!-- {prefix}:([\w-]+) -->\n.*?<!-- /{prefix}:\1 -->"
+    return re.sub(pattern, replace, readme, flags=re.S)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -149,6 +149,39 @@ def tuning_table(results: Mapping[str, Any], setting: str) -> str:
     return "\n".join(lines)
 
 
+def geometry_table(results: Mapping[str, Any]) -> str:
+    """The first epochs of the failing setting: how far each variant turns and how it trains."""
+    geometry = results["geometry"]
+    epochs = geometry["settings"]["traced_epochs"]
+    lines = [
+        f"| variant | largest turn α·ψ (°) | steps turned past 90° | clean loss after epoch 1 "
+        f"| after epoch {epochs} |",
+        "|---|---|---|---|---|",
+    ]
+    for label, runs in geometry["steps"].items():
+        per_epoch = len(runs[0]["loss"]) // epochs
+        largest = [max(r["rotation_degrees"]) for r in runs]
+        past = [np.mean(np.asarray(r["rotation_degrees"]) > 90) for r in runs]
+        first = [np.mean(r["loss"][per_epoch - 5 : per_epoch]) for r in runs]
+        last = [np.mean(r["loss"][-5:]) for r in runs]
+        lines.append(
+            f"| {label} | {np.mean(largest):.0f} | {100 * np.mean(past):.0f} % "
+            f"| {np.mean(first):.3f} | {np.mean(last):.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def equivalence_table(results: Mapping[str, Any]) -> str:
+    """XSAM's direction at α (radius ρ) against SAM's gradient at radius α·ρ."""
+    lines = ["| weights | α | cos(XSAM at ρ, SAM at αρ) | norm ratio |", "|---|---|---|---|"]
+    for label, rows in results["geometry"]["equivalence"].items():
+        for row in rows:
+            lines.append(
+                f"| {label} | {row['alpha']:g} | {row['cos']:.3f} | {row['norm_ratio']:.2f} |"
+            )
+    return "\n".join(lines)
+
+
 def tables(results: Mapping[str, Any]) -> dict[str, str]:
     """Every table of the study by name (the README's ``<!-- study:NAME -->`` blocks)."""
     out = {}
@@ -161,6 +194,9 @@ def tables(results: Mapping[str, Any]) -> dict[str, str]:
         out["multistep"] = multistep_table(results)
     if results.get("late_phase"):
         out["late-phase"] = late_phase_table(results)
+    if results.get("geometry"):
+        out["xsam-geometry"] = geometry_table(results)
+        out["xsam-equivalence"] = equivalence_table(results)
     return out
 
 
@@ -236,4 +272,51 @@ def figures(results: Mapping[str, Any], out: str | pathlib.Path) -> list[pathlib
             title=f"{setting}: SGD, then the method (later switch = fewer gradients)",
         )
         written.append(path)
+    if results.get("geometry"):
+        written.extend(_geometry_figures(results["geometry"], out))
     return written
+
+
+def _geometry_figures(geometry: Mapping[str, Any], out: pathlib.Path) -> list[pathlib.Path]:
+    settings = geometry["settings"]
+    name = f"{settings['dataset']}/{settings['model']}"
+    panels = {
+        "rotation_degrees": r"turn $\alpha\psi$ from $v_0$ (degrees)",
+        "psi_degrees": r"$\psi$ (degrees)",
+        "loss": "clean training loss",
+    }
+    curves = {
+        panel: {label: [r[panel] for r in runs] for label, runs in geometry["steps"].items()}
+        for panel in panels
+    }
+    steps_path = out / "geometry-steps.png"
+    plotting.plot_curve_panels(
+        curves,
+        panels,
+        xlabel="step",
+        hlines={"rotation_degrees": 90.0},
+        title=f"{name}, rho 0.15, rho_max 0.3: the first {settings['traced_epochs']} epochs",
+        path=steps_path,
+    )
+    searches = geometry["searches"]
+    alphas = geometry["noise"]["alphas"]
+    epochs = len(searches["alpha_losses"])
+    shown = sorted({0, 1, 4, epochs // 4, epochs // 2, epochs - 1} & set(range(epochs)))
+    curves_path = out / "geometry-searches.png"
+    plotting.plot_alpha_curves(
+        alphas,
+        {f"epoch {e + 1}": searches["alpha_losses"][e] for e in shown},
+        title=f"{name}: the paper's XSAM, one search an epoch",
+        path=curves_path,
+    )
+    noise = geometry["noise"]
+    noise_path = out / "geometry-noise.png"
+    plotting.plot_alpha_star_spread(
+        alphas,
+        [b["alpha_star"] for b in noise["per_batch"]],
+        noise["whole"]["alpha_star"],
+        title=f"{name}: alpha* after {noise['epochs']} SAM epochs, "
+        f"batches of {noise['batch_size']}",
+        path=noise_path,
+    )
+    return [steps_path, curves_path, noise_path]

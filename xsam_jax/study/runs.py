@@ -25,6 +25,21 @@ from xsam_jax.experiment import TrainConfig
 
 # Bump when the meaning of a stored result changes (not for new fields).
 CACHE_VERSION = 1
+# Config fields added after results were first cached, with the value that means what the
+# configs had before: left out of the key at that value, so those results keep their keys.
+LATER_FIELDS = {
+    "perturb_every": None,
+    "perturb_probability": None,
+    # The fields of fsam, vasso, fisher-sam, looksam and the perturbation masks (branch
+    # g-methods), at their defaults; absent fields are skipped.
+    "fsam_sigma": 1.0,
+    "fsam_lambda": 0.9,
+    "vasso_theta": 0.9,
+    "fisher_eta": 1.0,
+    "looksam_every": 5,
+    "looksam_alpha": 0.7,
+    "perturbation_mask": None,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +52,12 @@ class Job:
 
     def key(self) -> str:
         """The cache key: SHA-256 of the resolved config, the options and the cache version."""
+        config = dataclasses.asdict(self.config.resolved())
+        for name, before in LATER_FIELDS.items():
+            if name in config and config[name] == before:
+                del config[name]
         payload = {
-            "config": dataclasses.asdict(self.config.resolved()),
+            "config": config,
             "test": self.test,
             "diagnostics": self.diagnostics,
             "version": CACHE_VERSION,
@@ -51,7 +70,15 @@ class Job:
         label = c.optimizer + ("+adaptive" if c.adaptive else "")
         parts = [f"{c.dataset}/{c.model_name}", label, f"seed {c.seed}"]
         defaults = TrainConfig()
-        for name in ("rho", "rho_max", "lr", "ascent_steps", "late_phase_start"):
+        for name in (
+            "rho",
+            "rho_max",
+            "lr",
+            "ascent_steps",
+            "late_phase_start",
+            "perturb_every",
+            "perturb_probability",
+        ):
             value = getattr(c, name)
             if value is not None and value != getattr(defaults, name):
                 parts.append(f"{name}={value:g}")

@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from xsam_jax.study import geometry
+
 TUNING_SEEDS = (100, 101)
 FINAL_SEEDS = (0, 1, 2, 3, 4)
 VAL_FRACTION = 0.2
@@ -123,6 +125,7 @@ class Plan:
     late_setting: str
     late_methods: tuple[str, ...]
     late_starts: tuple[float, ...]
+    geometry: geometry.Settings = geometry.Settings()
 
     def setting(self, name: str) -> Setting:
         return next(s for s in self.settings if s.name == name)
@@ -154,6 +157,9 @@ def smoke_plan() -> Plan:
         for m in METHODS
         if m.label in ("sgd", "sam", "xsam")
     )
+    tiny = geometry.Settings(
+        "digits", "mlp", epochs=2, seeds=(0,), traced_epochs=1, noise_epochs=1, noise_batches=2
+    )
     return Plan(
         (setting,),
         methods,
@@ -165,4 +171,5 @@ def smoke_plan() -> Plan:
         setting.name,
         ("sam",),
         (0.5,),
+        tiny,
     )

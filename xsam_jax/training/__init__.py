@@ -2,18 +2,20 @@
 
 A functional `TrainState`, train/eval steps with BatchNorm handled for SAM, data-parallel
 variants (jit + `NamedSharding`, `shard_map`, `pmap`, multi-host ready), m-sharpness on one
-device, gradient accumulation, and Orbax checkpoints (`Checkpointer`, imported lazily so
-that Orbax is only needed when checkpointing).
+device, gradient accumulation, the SAM-ON mask (`normalization_mask`), and Orbax checkpoints
+(`Checkpointer`, imported lazily so that Orbax is only needed when checkpointing).
 """
 
 from typing import Any
 
 from xsam_jax.training.m_sharpness import make_m_sharpness_train_step
+from xsam_jax.training.masks import NORMALIZATION_LAYERS, normalization_mask
 from xsam_jax.training.parallel import (
     data_mesh,
     make_pmap_train_step,
     make_shard_map_train_step,
     make_sharded_train_step,
+    process_batch_rows,
     replicate,
     replicate_for_pmap,
     shard_batch,
@@ -31,6 +33,7 @@ from xsam_jax.training.steps import (
 __all__ = [
     "CheckpointUnreadableError",
     "Checkpointer",
+    "NORMALIZATION_LAYERS",
     "Restored",
     "TrainState",
     "apply_model",
@@ -41,6 +44,8 @@ __all__ = [
     "make_shard_map_train_step",
     "make_sharded_train_step",
     "make_train_step",
+    "normalization_mask",
+    "process_batch_rows",
     "replicate",
     "replicate_for_pmap",
     "shard_batch",

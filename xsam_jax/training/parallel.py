@@ -19,9 +19,9 @@ In the per-device variants BatchNorm normalises with per-device statistics unles
 model's BatchNorm layers are built with the same `axis_name` (then with global ones); the
 running statistics are averaged over devices after the clean pass.
 
-Multi-host: after `jax.distributed.initialize`, build the mesh over all devices, give
-`replicate` the same values in every process and `shard_batch` each process's own slice of
-the global batch.
+Multi-host: after `jax.distributed.initialize`, build the mesh with `data_mesh` (the same
+number of devices from every process), give `replicate` the same values in every process and
+`shard_batch` each process's own rows of the global batch (`process_batch_rows`).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
@@ -51,13 +52,15 @@ from xsam_jax.training.steps import (
 
 
 def data_mesh(num_devices: int | None = None, *, axis_name: str = "data") -> Mesh:
-    """A 1-D mesh over the first `num_devices` devices (all devices of all processes).
+    """A 1-D mesh over `num_devices` devices: the first `num_devices / P` of each of the P
+    processes (on one process, its first `num_devices`).
 
     The axis is `Auto`: XLA propagates the batch sharding through any model, where
     `Explicit` axes would make sharded ops inside user models demand annotations.
 
     Args:
-        num_devices: 1 <= n <= `jax.device_count()`; None uses every device.
+        num_devices: 1 <= n <= `jax.device_count()`, a multiple of `jax.process_count()`
+            whose share fits every process's local devices; None uses every device.
         axis_name: the name of the data axis.
 
     Returns:
@@ -67,7 +70,16 @@ def data_mesh(num_devices: int | None = None, *, axis_name: str = "data") -> Mes
     n = available if num_devices is None else num_devices
     if not isinstance(n, int) or not 1 <= n <= available:
         raise ValueError(f"num_devices must be an integer in [1, {available}], got {n!r}")
-    return jax.make_mesh((n,), (axis_name,), axis_types=(AxisType.Auto,), devices=jax.devices()[:n])
+    processes = jax.process_count()
+    by_process = [[d for d in jax.devices() if d.process_index == p] for p in range(processes)]
+    fewest = min(len(local) for local in by_process)
+    if n % processes or n // processes > fewest:
+        raise ValueError(
+            f"num_devices must be a multiple of the {processes} processes with at most "
+            f"{fewest} devices from each, got {n}"
+        )
+    devices = [d for local in by_process for d in local[: n // processes]]
+    return jax.make_mesh((n,), (axis_name,), axis_types=(AxisType.Auto,), devices=devices)
 
 
 def replicate(tree: object, mesh: Mesh) -> object:
@@ -98,6 +110,30 @@ def shard_batch(batch: Batch, mesh: Mesh, *, axis_name: str = "data") -> Batch:
     """
     sharding = NamedSharding(mesh, P(axis_name))
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def process_batch_rows(mesh: Mesh, batch_size: int, *, axis_name: str = "data") -> np.ndarray:
+    """The rows of a global batch that this process's devices hold when it is split over
+    `axis_name`: what this process loads and passes to `shard_batch`.
+
+    Args:
+        mesh: the mesh the batch is sharded over (e.g. `data_mesh(...)`).
+        batch_size: the global batch size, divisible by the size of `axis_name`.
+        axis_name: the mesh axis the batch is split over.
+
+    Returns:
+        The positions in the global batch, increasing (the order `shard_batch` expects);
+        all of them on a single process.
+    """
+    parts = mesh.shape[axis_name]
+    if batch_size % parts:
+        raise ValueError(
+            f"batch_size must be divisible by the {parts} devices of axis {axis_name!r}, "
+            f"got {batch_size}"
+        )
+    sharding = NamedSharding(mesh, P(axis_name))
+    held = sharding.addressable_devices_indices_map((batch_size,)).values()
+    return np.unique(np.concatenate([np.arange(batch_size)[index] for index in held]))
 
 
 def _one_program_per_perturb(
