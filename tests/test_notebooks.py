@@ -112,7 +112,8 @@ print(json.dumps({
     "epochs": EPOCHS, "seeds": SEEDS,
     "runs": {
         v: [{k: r[k] for k in ("final_test_accuracy", "gradient_evaluations",
-                               "probe_evaluations")} | {"epochs": len(r["history"])}
+                               "probe_evaluations")}
+            | {"epochs": len(r["history"]), "rho": r["config"]["rho"]}
             for r in runs]
         for v, runs in results.items()
     },
@@ -252,19 +253,24 @@ def run_cost(variant, epochs):
         return steps, 0
     if variant == "late-sam":  # SGD until step int(0.8 * steps), then SAM
         return steps + (steps - int(0.8 * steps)), 0
-    return 2 * steps, 21 * epochs if variant == "xsam" else 0  # one search an epoch
+    return 2 * steps, 21 * epochs if variant.startswith("xsam") else 0  # one search an epoch
+
+
+# The notebook's labels and the ascent radius each should have run with.
+COMPARED = {"sgd": None, "sam": 0.05, "xsam": 0.15, "xsam ρ=0.05": 0.05, "late-sam": 0.05}
 
 
 @pytest.mark.slow
 def test_compare_methods(run_fast):
     out = run_fast("03_compare_methods")
-    assert list(out["runs"]) == ["sgd", "sam", "xsam", "late-sam"]
+    assert list(out["runs"]) == list(COMPARED)
     for variant, runs in out["runs"].items():
         assert len(runs) == len(out["seeds"])
         row = out["summary"]["variants"][variant]
         accuracies = [r["final_test_accuracy"] for r in runs]
         assert row["mean_test_accuracy"] == pytest.approx(np.mean(accuracies))
         for run in runs:
+            assert run["rho"] == COMPARED[variant], variant
             assert run["epochs"] == out["epochs"]
             expected = run_cost(variant, out["epochs"])
             assert (run["gradient_evaluations"], run["probe_evaluations"]) == expected
