@@ -160,6 +160,16 @@ def _copy_notebooks(app) -> None:
     )
 
 
+def _copy_figures(app) -> None:
+    """The README's figures where its included text points: docs/benchmarks/results/..."""
+    target = DOCS / "benchmarks"
+    shutil.rmtree(target, ignore_errors=True)
+    for path in (ROOT / "benchmarks" / "results").rglob("*.png"):
+        copy = target / path.relative_to(ROOT / "benchmarks")
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, copy)
+
+
 def _ready_to_render(notebook: dict, name: str) -> dict:
     """The notebook with what the build needs and a notebook may lack: a title (its name, if
     no Markdown cell starts with one) and its language (Python) for the code highlighting."""
@@ -207,4 +217,5 @@ def setup(app):
     app.connect("autodoc-process-docstring", _drop_type_docstring)
     app.connect("autodoc-process-signature", _alias_names)
     app.connect("builder-inited", _copy_notebooks)
+    app.connect("builder-inited", _copy_figures)
     app.connect("builder-inited", _write_cli_help)
