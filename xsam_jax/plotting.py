@@ -569,6 +569,10 @@ def plot_tradeoff(
         )
     if log_x:
         ax.set_xscale("log")
+        # Ticks at the measured x values, written plainly (k = 1, 2, 5, 10; not 10^0, 10^1).
+        ticks = sorted({x for points in series.values() for x, _ in points})
+        ax.set_xticks(ticks, [f"{x:g}" for x in ticks])
+        ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
