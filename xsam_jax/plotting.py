@@ -465,6 +465,7 @@ def _bands(
         ax.plot(epochs, mean, color=f"C{i}", label=f"{label} ({len(values)} seeds)")
         ax.fill_between(epochs, mean - spread, mean + spread, color=f"C{i}", alpha=0.2, linewidth=0)
     _epoch_axis(ax)
+    ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
 
 
@@ -527,7 +528,7 @@ def plot_curve_panels(
         ax.set_ylabel(ylabel)
         if hlines and name in hlines:
             ax.axhline(hlines[name], color="0.4", linestyle=":", linewidth=1)
-    axes[0].legend(fontsize="small")
+    axes[-1].legend(fontsize="small", loc="best")
     return _finish(fig, title, path)
 
 
