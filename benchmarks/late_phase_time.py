@@ -9,8 +9,9 @@ SAM and late-phase SAM in interleaved rounds and checks
     late <= sgd + 1.2 * (1 - F) * (sam - sgd)
 
 on the median training seconds (`run`'s "seconds": the epochs' training steps, evaluation
-excluded). The first round compiles (unless the persistent compilation cache is warm) and is
-reported apart as "cold"; the medians use the later rounds.
+excluded). Like `xsam-train`, the runs keep compiled programs in a persistent compilation cache
+(here a fresh temporary directory): the first round compiles and is reported apart as "cold",
+the medians use the later rounds, which load their programs from that cache.
 
 Usage:
   python benchmarks/late_phase_time.py             # 3 warm rounds, about 2 minutes on 2 cores
@@ -27,6 +28,7 @@ import json
 import pathlib
 import platform
 import statistics
+import tempfile
 
 import jax
 
@@ -95,6 +97,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds < 1:
         parser.error(f"--rounds must be >= 1, got {args.rounds}")
+    jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="xla-"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     seconds = time_runs(epochs=args.epochs, rounds=args.rounds, start=args.start, model=args.model)
     result = report(seconds, args.start)
     result["setup"] = {

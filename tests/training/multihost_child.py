@@ -38,11 +38,15 @@ def main(process_id: int, port: int, output: str) -> None:
     assert [d.process_index for d in pair.devices.flat] == [0, 1]
     half = np.arange(process_id * 8, (process_id + 1) * 8)
     np.testing.assert_array_equal(training.process_batch_rows(pair, 16), half)
-    for uneven in (3, 5):  # not an equal share of each process's devices
+    # 3: not an equal share of each process's devices; 5: more devices than all processes have.
+    for uneven, message in (
+        (3, "multiple of the 2 processes with at most 2 devices"),
+        (5, "integer in [1, 4]"),
+    ):
         try:
             training.data_mesh(uneven)
         except ValueError as err:
-            assert "multiple of the 2 processes with at most 2 devices" in str(err), err
+            assert message in str(err), err
         else:
             raise AssertionError(f"data_mesh({uneven}) spans the processes unevenly")
     mesh = training.data_mesh()
