@@ -450,10 +450,18 @@ def plot_training_curves(
 
 
 def _bands(
-    ax, curves: Mapping[str, Sequence[Sequence[float | None]]], name: str, xlabel: str = "epoch"
+    ax,
+    curves: Mapping[str, Sequence[Sequence[float | None]]],
+    name: str,
+    xlabel: str = "epoch",
+    colors: Mapping[str, str] | None = None,
 ) -> None:
-    """Mean ± one standard deviation over seeds per label; None entries leave gaps."""
+    """Mean ± one standard deviation over seeds per label; None entries leave gaps.
+
+    `colors` fixes each label's colour (panels showing different labels); default C0, C1, ...
+    """
     for i, (label, runs) in enumerate(curves.items()):
+        color = colors[label] if colors is not None else f"C{i}"
         values = np.array([[np.nan if v is None else v for v in run] for run in runs], np.float64)
         if values.ndim != 2 or values.shape[1] == 0:
             raise InvalidArgumentError(
@@ -462,8 +470,8 @@ def _bands(
         epochs = np.arange(1, values.shape[1] + 1)
         mean = np.nanmean(values, axis=0) if np.isfinite(values).any() else values[0]
         spread = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
-        ax.plot(epochs, mean, color=f"C{i}", label=f"{label} ({len(values)} seeds)")
-        ax.fill_between(epochs, mean - spread, mean + spread, color=f"C{i}", alpha=0.2, linewidth=0)
+        ax.plot(epochs, mean, color=color, label=f"{label} ({len(values)} seeds)")
+        ax.fill_between(epochs, mean - spread, mean + spread, color=color, alpha=0.2, linewidth=0)
     _epoch_axis(ax)
     ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
@@ -523,12 +531,17 @@ def plot_curve_panels(
     if not ylabels:
         raise ValueError("ylabels must name at least one panel, got none")
     fig, axes = _figure(ncols=len(ylabels), width=3.8)
+    # One colour per label across the panels, which may show different labels.
+    labels = list(dict.fromkeys(label for name in ylabels for label in curves[name]))
+    colors = {label: f"C{i % 10}" for i, label in enumerate(labels)}
     for ax, (name, ylabel) in zip(axes, ylabels.items(), strict=True):
-        _bands(ax, curves[name], name, xlabel)
+        _bands(ax, curves[name], name, xlabel, colors)
         ax.set_ylabel(ylabel)
         if hlines and name in hlines:
             ax.axhline(hlines[name], color="0.4", linestyle=":", linewidth=1)
-    axes[-1].legend(fontsize="small", loc="best")
+    # The legend where the most labels are drawn.
+    fullest = max(range(len(axes)), key=lambda i: len(curves[list(ylabels)[i]]))
+    axes[fullest].legend(fontsize="small", loc="best")
     return _finish(fig, title, path)
 
 

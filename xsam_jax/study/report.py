@@ -346,8 +346,8 @@ def _geometry_figures(geometry: Mapping[str, Any], out: pathlib.Path) -> list[pa
         alphas,
         [b["alpha_star"] for b in noise["per_batch"]],
         noise["whole"]["alpha_star"],
-        title=f"{name}: alpha* after {noise['epochs']} SAM epochs, "
-        f"batches of {noise['batch_size']}",
+        title=f"{name}: alpha* after {noise['epochs']} SAM epochs\n"
+        f"(batches of {noise['batch_size']})",
         path=noise_path,
     )
     return [steps_path, curves_path, noise_path]
