@@ -1,4 +1,4 @@
-"""Wall time of whole training runs: late-phase SAM against full SAM and SGD.
+"""Wall time of whole training runs: late-phase SAM and XSAM against full SAM and SGD.
 
 The late-phase paper's promise (Zhou et al. 2025) is SAM's gain at a fraction of its cost: a
 run that switches from SGD to SAM at fraction F of the steps should cost SGD's time plus
@@ -9,12 +9,14 @@ SAM and late-phase SAM in interleaved rounds and checks
     late <= sgd + 1.2 * (1 - F) * (sam - sgd)
 
 on the median training seconds (`run`'s "seconds": the epochs' training steps, evaluation
-excluded). Like `xsam-train`, the runs keep compiled programs in a persistent compilation cache
+excluded). XSAM (searching once an epoch, `xsam-train`'s default, with the host-side search
+plan) runs alongside: its ratio to SAM is what the search costs a whole run. Like
+`xsam-train`, the runs keep compiled programs in a persistent compilation cache
 (here a fresh temporary directory): the first round compiles and is reported apart as "cold",
 the medians use the later rounds, which load their programs from that cache.
 
 Usage:
-  python benchmarks/late_phase_time.py             # 3 warm rounds, about 2 minutes on 2 cores
+  python benchmarks/late_phase_time.py             # 3 warm rounds, about 3 minutes on 2 cores
   python benchmarks/late_phase_time.py --rounds 1 --epochs 2
 
 Writes benchmarks/results/late_phase_time.json and prints a markdown table.
@@ -35,7 +37,7 @@ import jax
 from xsam_jax import experiment
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "late_phase_time.json"
-METHODS = ("sgd", "sam", "late-sam")
+METHODS = ("sgd", "sam", "late-sam", "xsam")
 ALLOWANCE = 1.2
 
 
@@ -47,6 +49,7 @@ def time_runs(*, epochs: int, rounds: int, start: float, model: str) -> dict[str
         "late-sam": experiment.TrainConfig(
             optimizer="sam", late_phase_start=start, epochs=epochs, model=model
         ),
+        "xsam": experiment.TrainConfig(optimizer="xsam", epochs=epochs, model=model),
     }
     seconds: dict[str, list[float]] = {name: [] for name in METHODS}
     for r in range(rounds + 1):
@@ -68,6 +71,7 @@ def report(seconds: dict[str, list[float]], start: float) -> dict:
         "bound_seconds": bound,
         "late_within_bound": warm["late-sam"] <= bound,
         "late_extra_over_sam_extra": (warm["late-sam"] - warm["sgd"]) / (warm["sam"] - warm["sgd"]),
+        "xsam_over_sam": warm["xsam"] / warm["sam"],
     }
 
 
@@ -83,7 +87,8 @@ def table(result: dict) -> str:
         f"\nlate-sam (switch at {start:.0%}): {warm['late-sam']:.2f} s against the bound "
         f"sgd + {ALLOWANCE} x {1 - start:.2f} x (sam - sgd) = {result['bound_seconds']:.2f} s "
         f"({'within' if result['late_within_bound'] else 'OVER'}); its extra time is "
-        f"{result['late_extra_over_sam_extra']:.2f} of SAM's."
+        f"{result['late_extra_over_sam_extra']:.2f} of SAM's. XSAM / SAM: "
+        f"{result['xsam_over_sam']:.3f}."
     )
     return "\n".join(rows)
 

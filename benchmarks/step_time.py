@@ -4,15 +4,17 @@ For each model (the MNIST-1D 1-D CNN and the CIFAR ResNet-18, batch 128) it time
 jitted steps (gradient, transformation, base SGD update) of SGD, SAM, optax.contrib.sam,
 late-phase SAM before and after its switch and SAM with an injected ρ (each with the gate's
 `lax.cond` and with the host-side plan, ``perturb=``), XSAM with a fixed α, XSAM on a
-non-search and on a search
-step (full vmap and chunked), in interleaved rounds, and reports medians and the ratios the
-project targets. XSAM with one search per `--steps-per-epoch` steps is the amortised mix.
+non-search and on a search step (with the search's `lax.cond` and with the host-side plan,
+``search=``; the search in one vmap and chunked), in interleaved rounds, and reports medians
+and the ratios the project targets. XSAM with one search per `--steps-per-epoch` steps is
+the amortised mix.
 It also times the 21-candidate search alone (vmap, lax.map, a Python loop of jitted forwards)
 and reads the compiled peak temporary memory of a search step per chunk size.
 
 Usage:
   python benchmarks/step_time.py            # both models (ResNet-18 takes several minutes)
   python benchmarks/step_time.py --quick    # the 1-D CNN only
+  python benchmarks/step_time.py --resnet-rows gate  # ResNet-18: schedules and search plan
 
 Writes benchmarks/results/step_time.json and prints a markdown table.
 """
@@ -20,6 +22,7 @@ Writes benchmarks/results/step_time.json and prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import pathlib
 import platform
@@ -39,14 +42,54 @@ TARGETS = {
     "sam / sgd": ("<=", 2.05),
     "xsam (1 search / epoch) / sam": ("<=", 1.03),
     "xsam fixed alpha / sam": ("<=", 1.03),
-    "xsam search step / sam": ("<=", 5.5),
+    "xsam search step, planned / sam": ("<=", 5.5),
     "late-phase before switch / sgd": ("<=", 1.02),
     "late-phase before switch, planned / sgd": ("<=", 1.05),
     "late-phase after switch, planned / sam": ("<=", 1.05),
     "injected rho, planned / sam": ("<=", 1.05),
     "xsam_jax.sam / optax.contrib.sam": ("<=", 1.00),
     "python loop / vmapped search": (">=", 3.0),
+    "xsam non-search step, planned / sam": ("<=", 1.05),
 }
+# name: (numerator, denominator) of median step times.
+RATIOS = {
+    "sam / sgd": ("sam", "sgd"),
+    "xsam fixed alpha / sam": ("xsam fixed alpha", "sam"),
+    "xsam non-search step, planned / sam": ("xsam non-search step, planned", "sam"),
+    "xsam non-search step (lax.cond) / sam": ("xsam non-search step (lax.cond)", "sam"),
+    "xsam non-search step (lax.cond, vmap branch) / sam": (
+        "xsam non-search step (lax.cond, vmap branch)",
+        "sam",
+    ),
+    "xsam search step, planned / sam": ("xsam search step, planned", "sam"),
+    "xsam search step (vmap) / sam": ("xsam search step (vmap)", "sam"),
+    "xsam search step (chunk 1) / sam": ("xsam search step (chunk 1)", "sam"),
+    "xsam search step (chunk 7) / sam": ("xsam search step (chunk 7)", "sam"),
+    "late-phase before switch / sgd": ("late-phase before switch", "sgd"),
+    "late-phase before switch, planned / sgd": ("late-phase before switch, planned", "sgd"),
+    "late-phase after switch, planned / sam": ("late-phase after switch, planned", "sam"),
+    "late-phase after switch (lax.cond) / sam": ("late-phase after switch", "sam"),
+    "injected rho, planned / sam": ("injected rho, planned", "sam"),
+    "injected rho (lax.cond) / sam": ("injected rho", "sam"),
+    "xsam_jax.sam / optax.contrib.sam": ("sam", "optax.contrib.sam"),
+    "python loop / vmapped search": ("python loop search", "vmapped search"),
+    "python loop / lax.map search": ("python loop search", "lax.map search"),
+}
+# `--rows gate`: what the schedules and the search plan change, for the slow models.
+GATE_ROWS = (
+    "sgd",
+    "sam",
+    "late-phase before switch",
+    "late-phase before switch, planned",
+    "late-phase after switch",
+    "late-phase after switch, planned",
+    "injected rho",
+    "injected rho, planned",
+    "xsam fixed alpha",
+    "xsam non-search step, planned",
+    "xsam non-search step (lax.cond)",
+    "xsam search step, planned",
+)
 
 
 def functional_model(name: str, input_shape: tuple[int, ...], num_classes: int = 10):
@@ -66,14 +109,16 @@ def functional_model(name: str, input_shape: tuple[int, ...], num_classes: int =
     return loss, params, batch
 
 
-def make_step(loss, tx, grad_fn_kw: bool = False, perturb: bool | None = None):
+def make_step(
+    loss, tx, grad_fn_kw: bool = False, perturb: bool | None = None, search: bool | None = None
+):
     @jax.jit
     def step(params, state, batch):
         grads = jax.grad(loss)(params, batch)
         if grad_fn_kw:  # optax.contrib.sam's opaque mode
             kw = {"grad_fn": lambda p, _: jax.grad(loss)(p, batch)}
         else:
-            kw = {"loss_fn": lambda p: loss(p, batch), "perturb": perturb}
+            kw = {"loss_fn": lambda p: loss(p, batch), "perturb": perturb, "search": search}
         updates, state = tx.update(grads, state, params, **kw)
         return optax.apply_updates(params, updates), state
 
@@ -88,7 +133,7 @@ def timed(fn, *args, inner: int) -> float:
     return (time.perf_counter() - start) / inner
 
 
-def bench_model(name, input_shape, rounds, inner, steps_per_epoch):
+def bench_model(name, input_shape, rounds, inner, steps_per_epoch, rows=None):
     loss, params, batch = functional_model(name, input_shape)
     lr, rho = 0.05, 0.05
     contrib = optax.contrib.sam(
@@ -100,72 +145,68 @@ def bench_model(name, input_shape, rounds, inner, steps_per_epoch):
     before = optax.chain(xs.sam(xs.late_phase(rho, never)), optax.sgd(lr))
     after = optax.chain(xs.sam(xs.late_phase(rho, 0)), optax.sgd(lr))
     injected = optax.chain(optax.inject_hyperparams(xs.sam)(rho=rho), optax.sgd(lr))
-    # label: (transformation, XSAM count, optax.contrib's opaque mode, perturb)
+
+    def xsam(**options):
+        return optax.chain(xs.xsam(0.15, 0.3, **options), optax.sgd(lr))
+
+    searching = xsam(search_every=steps_per_epoch)
+    # label: (transformation, XSAM count, optax.contrib's opaque mode, perturb, search);
+    # XSAM's count 0 is a search step, 1 is not.
     variants = {
-        "sgd": (optax.sgd(lr), 0, False, None),
-        "sam": (optax.chain(xs.sam(rho), optax.sgd(lr)), 0, False, None),
-        "optax.contrib.sam": (contrib, 0, True, None),
-        "late-phase before switch": (before, 0, False, None),
-        "late-phase before switch, planned": (before, 0, False, False),
-        "late-phase after switch": (after, 0, False, None),
-        "late-phase after switch, planned": (after, 0, False, True),
-        "injected rho": (injected, 0, False, None),
-        "injected rho, planned": (injected, 0, False, True),
-        "xsam fixed alpha": (
-            optax.chain(xs.xsam(0.15, 0.3, search_every=None), optax.sgd(lr)),
-            0,
-            False,
-            None,
-        ),
-        # The backend's default search (one candidate at a time on CPU) in the branch that the
-        # non-search step compiles but does not take ...
-        "xsam non-search step": (
-            optax.chain(xs.xsam(0.15, 0.3, search_every=steps_per_epoch), optax.sgd(lr)),
+        "sgd": (optax.sgd(lr), 0, False, None, None),
+        "sam": (optax.chain(xs.sam(rho), optax.sgd(lr)), 0, False, None, None),
+        "optax.contrib.sam": (contrib, 0, True, None, None),
+        "late-phase before switch": (before, 0, False, None, None),
+        "late-phase before switch, planned": (before, 0, False, False, None),
+        "late-phase after switch": (after, 0, False, None, None),
+        "late-phase after switch, planned": (after, 0, False, True, None),
+        "injected rho": (injected, 0, False, None, None),
+        "injected rho, planned": (injected, 0, False, True, None),
+        "xsam fixed alpha": (xsam(search_every=None), 0, False, None, None),
+        # The host-side search plan (`search=`), as the training stack runs XSAM ...
+        "xsam non-search step, planned": (searching, 1, False, None, False),
+        "xsam search step, planned": (searching, 0, False, None, True),
+        # ... and the search in its `lax.cond`, with the backend's default search (one
+        # candidate at a time on CPU) and with all 21 candidates in one vmap (the accelerator
+        # default): on XLA:CPU the untaken branch alone slows every step of a conv net.
+        "xsam non-search step (lax.cond)": (searching, 1, False, None, None),
+        "xsam non-search step (lax.cond, vmap branch)": (
+            xsam(search_every=steps_per_epoch, search_chunk=21),
             1,
             False,
             None,
-        ),
-        # ... and all 21 candidates in one vmap there (the accelerator default): on XLA:CPU the
-        # untaken branch alone slows every step of a conv net.
-        "xsam non-search step (vmap branch)": (
-            optax.chain(
-                xs.xsam(0.15, 0.3, search_every=steps_per_epoch, search_chunk=21), optax.sgd(lr)
-            ),
-            1,
-            False,
             None,
         ),
         "xsam search step (vmap)": (
-            optax.chain(
-                xs.xsam(0.15, 0.3, search_every=steps_per_epoch, search_chunk=21), optax.sgd(lr)
-            ),
+            xsam(search_every=steps_per_epoch, search_chunk=21),
             0,
             False,
             None,
+            True,
         ),
         "xsam search step (chunk 1)": (
-            optax.chain(
-                xs.xsam(0.15, 0.3, search_every=steps_per_epoch, search_chunk=1), optax.sgd(lr)
-            ),
+            xsam(search_every=steps_per_epoch, search_chunk=1),
             0,
             False,
             None,
+            True,
         ),
         "xsam search step (chunk 7)": (
-            optax.chain(
-                xs.xsam(0.15, 0.3, search_every=steps_per_epoch, search_chunk=7), optax.sgd(lr)
-            ),
+            xsam(search_every=steps_per_epoch, search_chunk=7),
             0,
             False,
             None,
+            True,
         ),
     }
+    if rows is not None:
+        variants = {label: v for label, v in variants.items() if label in rows}
     runs, memory = {}, {}
-    for label, (tx, count, opaque, perturb) in variants.items():
+    for label, (tx, count, opaque, perturb, search) in variants.items():
         state = tx.init(params)
         if count:  # put XSAM's counter off the search schedule
             state = (state[0]._replace(count=jnp.asarray(count, jnp.int32)), *state[1:])
-        step = make_step(loss, tx, opaque, perturb)
+        step = make_step(loss, tx, opaque, perturb, search)
         jax.block_until_ready(step(params, state, batch))  # compile
         runs[label] = (step, state)
         if "search step" in label:
@@ -179,16 +220,21 @@ def bench_model(name, input_shape, rounds, inner, steps_per_epoch):
     def probe(a):
         return loss(jax.tree.map(lambda p, d: p + a * d, params, direction), batch)
 
-    search_impls = {
-        "vmapped search": jax.jit(lambda: jax.vmap(probe)(grid)),
-        "lax.map search": jax.jit(lambda: jax.lax.map(probe, grid)),
-    }
+    search_impls = (
+        {}
+        if rows is not None
+        else {
+            "vmapped search": jax.jit(lambda: jax.vmap(probe)(grid)),
+            "lax.map search": jax.jit(lambda: jax.lax.map(probe, grid)),
+        }
+    )
     probe_jit = jax.jit(probe)
 
     def python_loop():
         return [probe_jit(a) for a in grid]
 
-    search_impls["python loop search"] = python_loop
+    if rows is None:
+        search_impls["python loop search"] = python_loop
     for fn in search_impls.values():
         jax.block_until_ready(fn())
 
@@ -200,37 +246,19 @@ def bench_model(name, input_shape, rounds, inner, steps_per_epoch):
             samples[label].append(timed(fn, inner=inner))
     med = {label: statistics.median(v) for label, v in samples.items()}
 
-    search = med["xsam search step (vmap)"]
-    best_search = min(search, med["xsam search step (chunk 1)"], med["xsam search step (chunk 7)"])
-    amortised = (
-        (steps_per_epoch - 1) * med["xsam non-search step"] + best_search
-    ) / steps_per_epoch
     ratios = {
-        "sam / sgd": med["sam"] / med["sgd"],
-        "xsam (1 search / epoch) / sam": amortised / med["sam"],
-        "xsam fixed alpha / sam": med["xsam fixed alpha"] / med["sam"],
-        "xsam non-search step / sam": med["xsam non-search step"] / med["sam"],
-        "xsam non-search step (vmap branch) / sam": (
-            med["xsam non-search step (vmap branch)"] / med["sam"]
-        ),
-        "xsam search step / sam": best_search / med["sam"],
-        "xsam search step (vmap) / sam": search / med["sam"],
-        "xsam search step (chunk 1) / sam": med["xsam search step (chunk 1)"] / med["sam"],
-        "xsam search step (chunk 7) / sam": med["xsam search step (chunk 7)"] / med["sam"],
-        "late-phase before switch / sgd": med["late-phase before switch"] / med["sgd"],
-        "late-phase before switch, planned / sgd": (
-            med["late-phase before switch, planned"] / med["sgd"]
-        ),
-        "late-phase after switch, planned / sam": (
-            med["late-phase after switch, planned"] / med["sam"]
-        ),
-        "late-phase after switch (lax.cond) / sam": med["late-phase after switch"] / med["sam"],
-        "injected rho, planned / sam": med["injected rho, planned"] / med["sam"],
-        "injected rho (lax.cond) / sam": med["injected rho"] / med["sam"],
-        "xsam_jax.sam / optax.contrib.sam": med["sam"] / med["optax.contrib.sam"],
-        "python loop / vmapped search": med["python loop search"] / med["vmapped search"],
-        "python loop / lax.map search": med["python loop search"] / med["lax.map search"],
+        name: med[top] / med[bottom]
+        for name, (top, bottom) in RATIOS.items()
+        if top in med and bottom in med
     }
+    # One search per `steps_per_epoch` steps: as planned, and with the conditional.
+    for suffix, non_search, search in (
+        ("", "xsam non-search step, planned", "xsam search step, planned"),
+        (" (lax.cond)", "xsam non-search step (lax.cond)", "xsam search step (chunk 1)"),
+    ):
+        if non_search in med and search in med:
+            amortised = ((steps_per_epoch - 1) * med[non_search] + med[search]) / steps_per_epoch
+            ratios[f"xsam (1 search / epoch){suffix} / sam"] = amortised / med["sam"]
     return {
         "median_seconds": med,
         "ratios": ratios,
@@ -243,37 +271,48 @@ def bench_model(name, input_shape, rounds, inner, steps_per_epoch):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1-D CNN only")
+    parser.add_argument(
+        "--resnet-rows",
+        choices=("all", "gate"),
+        default="all",
+        help="gate: on ResNet-18 only the schedule and search-plan rows (about 20 minutes here)",
+    )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps-per-epoch", type=int, default=390)
     args = parser.parse_args()
-    configs = [("cnn1d", (40,), args.rounds, 10)]
+    configs = [("cnn1d", (40,), args.rounds, 10, None)]
     if not args.quick:
-        configs.append(("resnet18", (32, 32, 3), max(3, args.rounds // 2), 1))
+        rows = None if args.resnet_rows == "all" else GATE_ROWS
+        configs.append(("resnet18", (32, 32, 3), max(3, args.rounds // 2), 1, rows))
     report = {
         "backend": jax.default_backend(),
         "devices": jax.device_count(),
         "jax": jax.__version__,
         "machine": platform.machine(),
+        "date": datetime.date.today().isoformat(),
         "models": {},
     }
-    for name, shape, rounds, inner in configs:
+    for name, shape, rounds, inner, rows in configs:
         print(f"benchmarking {name} (batch 128, {rounds} rounds x {inner} steps) ...", flush=True)
-        report["models"][name] = bench_model(name, shape, rounds, inner, args.steps_per_epoch)
+        report["models"][name] = bench_model(name, shape, rounds, inner, args.steps_per_epoch, rows)
 
     names = list(report["models"])
+
+    def cells(key, fmt):
+        return " | ".join(
+            "—" if report["models"][n][key].get(row) is None else fmt(report["models"][n][key][row])
+            for n in names
+        )
+
     print("\n| ratio (median step times, one run) | target | " + " | ".join(names) + " |")
     print("|---|---|" + "---|" * len(names))
-    for key in report["models"][names[0]]["ratios"]:
-        target = " ".join(str(x) for x in TARGETS.get(key, ("", "")))
-        cells = [f"{report['models'][n]['ratios'][key]:.3f}" for n in names]
-        print(f"| {key} | {target} | " + " | ".join(cells) + " |")
+    for row in report["models"][names[0]]["ratios"]:
+        target = " ".join(str(x) for x in TARGETS.get(row, ("", "")))
+        print(f"| {row} | {target} | {cells('ratios', lambda r: f'{r:.3f}')} |")
     print("\n| search step peak temp memory (MiB) | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
-    for key in report["models"][names[0]]["search_temp_bytes"]:
-        cells = [
-            f"{(report['models'][n]['search_temp_bytes'][key] or 0) / 2**20:.1f}" for n in names
-        ]
-        print(f"| {key} | " + " | ".join(cells) + " |")
+    for row in report["models"][names[0]]["search_temp_bytes"]:
+        print(f"| {row} | {cells('search_temp_bytes', lambda b: f'{b / 2**20:.1f}')} |")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {RESULTS}")

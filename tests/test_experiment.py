@@ -148,16 +148,19 @@ def test_flags_reach_the_optimizer_as_documented(case):
     reference = documented(method)
     # The reference takes the run's plan too, so both sides compile the same programs: the
     # conditional's convolutions round differently on XLA:CPU, and XSAM's α = 2 amplifies that
-    # past any useful tolerance (test_gate checks the plan against the conditional). A plan
-    # that disagrees with the documented schedule still fails: perturb=False on a step whose
-    # ρ is positive makes the reference's update NaN.
-    step = jax.jit(training.make_train_step(built.model, reference), static_argnames="perturb")
+    # past any useful tolerance (test_gate and test_search_plan check the plan against the
+    # conditional). A plan that disagrees with the documented schedule still fails:
+    # perturb=False on a step whose ρ is positive, or search=False on a step where XSAM's
+    # search is due, makes the reference's update NaN.
+    step = jax.jit(
+        training.make_train_step(built.model, reference), static_argnames=("perturb", "search")
+    )
     state = training.TrainState.create(built.model, reference, rng=config.seed)
     for epoch in range(2):
         for i, batch in enumerate(built.batches(epoch)):
-            perturb = bool(built.perturb_plan[epoch * STEPS_PER_EPOCH + i])
-            built.state, _ = built.step(built.state, batch, perturb=perturb)
-            state, _ = step(state, batch, perturb=perturb)
+            perturb, search = built.plan(epoch * STEPS_PER_EPOCH + i)
+            built.state, _ = built.step(built.state, batch, perturb=perturb, search=search)
+            state, _ = step(state, batch, perturb=perturb, search=search)
     for a, b in zip(
         jax.tree.leaves(built.state.params), jax.tree.leaves(state.params), strict=True
     ):

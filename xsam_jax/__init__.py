@@ -20,7 +20,13 @@ from xsam_jax._src.gsam import gsam
 from xsam_jax._src.looksam import LookSAMState, looksam
 from xsam_jax._src.moving_average import MovingAverageState, fsam, vasso
 from xsam_jax._src.sam import asam, sam
-from xsam_jax._src.schedules import late_phase, periodic, perturbed_steps, randomized
+from xsam_jax._src.schedules import (
+    late_phase,
+    periodic,
+    perturbed_steps,
+    randomized,
+    search_steps,
+)
 from xsam_jax._src.slerp import alpha_grid, slerp_coefficients
 from xsam_jax._src.wsam import WSAMDecoupledState, wsam, wsam_decoupled
 from xsam_jax._src.xsam import XSAMState, xsam
@@ -44,6 +50,7 @@ __all__ = [
     "perturbed_steps",
     "randomized",
     "sam",
+    "search_steps",
     "slerp_coefficients",
     "vasso",
     "wsam",

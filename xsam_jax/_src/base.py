@@ -59,11 +59,16 @@ class Climb(NamedTuple):
 
 
 class StepInputs(NamedTuple):
-    """What else a method's `output` may evaluate: the point, the loss, the averaging policy."""
+    """What else a method's `output` may evaluate: the point, the loss, the averaging policy.
+
+    ``search`` is the caller's static word on whether this step runs XSAM's α search (the
+    ``search`` extra argument, see `xsam_jax.xsam`); other methods ignore it.
+    """
 
     params: PyTree
     loss_fn: Callable[[PyTree], jax.Array]
     averaging: Averaging
+    search: bool | None = None
 
 
 def _count_only(params: PyTree) -> SAMState:
@@ -151,13 +156,13 @@ _ASCENT_ARGUMENTS = tuple(inspect.signature(ascent.make_config).parameters)
 _AVERAGING_ARGUMENTS = tuple(field.name for field in dataclasses.fields(Averaging))
 
 
-def check_perturb(perturb: Any) -> None:
-    """`perturb` selects a compiled program, so it must be known when the step is traced."""
-    if perturb is not None and not isinstance(perturb, bool):
+def check_static_flag(name: str, value: Any) -> None:
+    """`perturb` and `search` select a compiled program: they must be known when tracing."""
+    if value is not None and not isinstance(value, bool):
         raise TypeError(
-            "perturb must be None or a Python bool, got "
-            f"{type(perturb).__name__}: it selects the compiled program, so mark it static "
-            "(jax.jit(step, static_argnames='perturb'))."
+            f"{name} must be None or a Python bool, got "
+            f"{type(value).__name__}: it selects the compiled program, so mark it static "
+            f"(jax.jit(step, static_argnames={name!r}))."
         )
 
 
@@ -225,15 +230,19 @@ def sharpness_aware(
     Returns:
       An `optax.GradientTransformationExtraArgs` whose state is ``method.init``'s. Its
       `update` needs ``loss_fn(params) -> scalar`` (unless ρ is the Python number 0), takes the
-      optional static ``perturb`` (see `gate_on_radius`) and ignores other extra arguments.
+      optional static ``perturb`` (see `gate_on_radius`) and ``search`` (XSAM's, see
+      `xsam_jax.xsam`; other methods ignore it) and ignores other extra arguments.
     """
     check_radius("rho", rho)
     rho_fn = as_schedule(rho)
     averaging = options.averaging
 
-    def update_fn(updates, state, params=None, *, loss_fn=None, perturb=None, **extra_args):
+    def update_fn(
+        updates, state, params=None, *, loss_fn=None, perturb=None, search=None, **extra_args
+    ):
         del extra_args  # The ExtraArgs contract: accept and ignore what others need.
-        check_perturb(perturb)
+        check_static_flag("perturb", perturb)
+        check_static_flag("search", search)
         if static_value(rho) != 0.0:
             require_extra_args(method.name, loss_fn, params)
         g0 = averaging.incoming(updates)
@@ -248,7 +257,7 @@ def sharpness_aware(
             g_k, chord = ascent.ascend(
                 averaging.gradient(loss_fn), params, start, rho_now, options.ascent
             )
-            step = StepInputs(params, loss_fn, averaging)
+            step = StepInputs(params, loss_fn, averaging, search)
             return finish(method.output(Climb(g0, g_k, chord), state, step))
 
         def clean():

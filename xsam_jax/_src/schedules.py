@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from numpy.typing import ArrayLike
 
 from xsam_jax._src.validation import as_schedule, check_int, check_radius, check_range
 
@@ -203,3 +204,51 @@ def perturbed_steps(rho: float | optax.Schedule, num_steps: int) -> np.ndarray:
     counts = jnp.arange(int(num_steps), dtype=jnp.int32)
     values = jax.jit(jax.vmap(as_schedule(rho)))(counts)
     return np.asarray(values) > 0
+
+
+def search_steps(perturbed: ArrayLike, search_every: int | None) -> np.ndarray:
+    r"""Which update counts run XSAM's α search, given which climb, evaluated on the host.
+
+    The plan behind `xsam_jax.xsam`'s ``search`` extra argument. XSAM searches on the first
+    step of each period of ``search_every`` steps that climbs (ρ > 0): step t searches iff it
+    climbs and no earlier climbing step shares its period t // search_every. (If ρ_max is 0 on
+    such a step nothing is searched and the period keeps the previous α*, as without a plan.)
+    With ``search=bool(plan[t])`` on every step, XSAM's step compiles without its search
+    conditional, which on XLA:CPU slows every step of a convolutional network several-fold::
+
+        climbs = xs.perturbed_steps(rho, total_steps)
+        searches = xs.search_steps(climbs, steps_per_epoch)
+        step = jax.jit(train_step, static_argnames=("perturb", "search"))
+        for t in range(total_steps):
+            state = step(state, batch, perturb=bool(climbs[t]), search=bool(searches[t]))
+
+    Args:
+      perturbed: bool per update count 0, 1, …: whether that step climbs (e.g.
+        `perturbed_steps`'s result; LookSAM-like plans that skip steps work too).
+      search_every: XSAM's ``search_every`` (an integer ≥ 1), or None (no search).
+
+    Returns:
+      A NumPy bool array of ``perturbed``'s shape: entry t is True iff step t searches.
+
+    Examples:
+      >>> import xsam_jax as xs
+      >>> climbs = xs.perturbed_steps(xs.periodic(0.1, every=3), 8)
+      >>> climbs.tolist()
+      [True, False, False, True, False, False, True, False]
+      >>> xs.search_steps(climbs, search_every=4).tolist()
+      [True, False, False, False, True, False, False, False]
+    """
+    check_int("search_every", search_every, low=1, optional=True)
+    climbs = np.asarray(perturbed, dtype=bool)
+    if climbs.ndim != 1:
+        raise ValueError(f"perturbed must be one-dimensional, got shape {climbs.shape}")
+    searches = np.zeros_like(climbs)
+    if search_every is None:
+        return searches
+    steps = np.flatnonzero(climbs)
+    # The first climbing step of each period: where the period index changes.
+    periods = steps // search_every
+    first = np.ones(len(steps), dtype=bool)
+    first[1:] = periods[1:] != periods[:-1]
+    searches[steps[first]] = True
+    return searches

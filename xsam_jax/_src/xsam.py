@@ -126,6 +126,17 @@ def xsam(
     still searched about once per period (at most once; on every climbing step if steps climb
     less often than once a period).
 
+    The search sits in a `lax.cond`, so steps that do not search skip the probes. On XLA:CPU
+    that conditional slows *every* step of a convolutional network several-fold (its
+    convolution rewrites skip nested computations; ResNet and 1-D CNN steps, see
+    benchmarks/step_time.py), so a loop that knows its step count can fix the decision when
+    the step is traced: ``update(..., search=True)`` on the steps `xsam_jax.search_steps`
+    marks, ``search=False`` on the others, with the train step jitted with
+    ``static_argnames=("perturb", "search")``; two compiled programs, no conditional.
+    ``search=True`` still searches only if a search is due (a select, at the probes' cost);
+    ``search=False`` on a step where a search is due makes α* NaN, so a wrong plan cannot
+    pass unnoticed. The training stack (`xsam_jax.training`, ``xsam-train``) does this.
+
     When sin ψ → 0 the exact limit v(α) = (1−α)v0 + αv1 is used (the authors' code uses
     (v0 + v1)/2 there). Weight decay and momentum stay in the base optimizer chained after.
 
@@ -170,7 +181,7 @@ def xsam(
         once, and the compiled step reserves 1.0 GB instead of 5.1 GB of temporaries; see
         benchmarks/step_time.py), and all candidates in one `jax.vmap` on GPU/TPU. Both
         branches of the search `lax.cond` are compiled, so this memory is reserved on every
-        step, not only on search steps.
+        step, not only on search steps (with ``search=False`` it is not).
       eps: added to norms in denominators (zero gradients give zero directions, not NaN).
       axis_name: mapped axis for data parallelism (see `sam`).
       local_perturbation: per-device ascent (m-sharpness, see `sam`); probe losses, cos ψ and
@@ -184,7 +195,8 @@ def xsam(
     Returns:
       An `optax.GradientTransformationExtraArgs` with state `XSAMState`; `update` needs
       ``loss_fn(params) -> scalar`` on the same batch as the gradients and takes the optional
-      keyword ``perturb`` (see `sam` and `xsam_jax.perturbed_steps`).
+      static keywords ``perturb`` (see `sam` and `xsam_jax.perturbed_steps`) and ``search``
+      (see above and `xsam_jax.search_steps`).
 
     Examples:
       On :math:`L(w) = \tfrac12 w^\top \mathrm{diag}(1, 4)\, w` at w = (3, 1):
@@ -304,11 +316,24 @@ def _xsam_method(
             # floating-point program as before.
             period = state.count // search_every
             due = period > searched_period
-            alpha, losses, search_rotation = lax.cond(
-                due & (radius > 0),
-                lambda: search_alpha(plane, psi, radius, state, step),
-                lambda: (alpha, losses, search_rotation),
-            )
+            searching = due & (radius > 0)
+            kept = (alpha, losses, search_rotation)
+            if step.search is None:
+                alpha, losses, search_rotation = lax.cond(
+                    searching, lambda: search_alpha(plane, psi, radius, state, step), lambda: kept
+                )
+            elif step.search:
+                # The caller's word that this step searches: the probes outside any
+                # conditional (on XLA:CPU a conditional slows the whole step, see the
+                # ``search`` argument), selected so that the step stays exact either way.
+                found = search_alpha(plane, psi, radius, state, step)
+                alpha, losses, search_rotation = jax.tree.map(
+                    lambda f, k: jnp.where(searching, f, k), found, kept
+                )
+            else:
+                # The caller's word that no search is due: nothing traced. A wrong plan makes
+                # α* NaN from here on, so it cannot pass unnoticed.
+                alpha = jnp.where(searching, jnp.asarray(jnp.nan, alpha.dtype), alpha)
             searched_period = jnp.where(due, period, searched_period)
         alpha_t = applied(alpha, search_rotation, psi)
         # ‖g_k‖·v(α_t): one fused combination of the chord and g_k (α = 1 gives g_k exactly).

@@ -25,7 +25,13 @@ from xsam_jax.experiment.config import (
     default_radii,
     parse_variant,
 )
-from xsam_jax.experiment.optimizers import cost, make_optimizer, perturb_plan, rho_schedule
+from xsam_jax.experiment.optimizers import (
+    cost,
+    make_optimizer,
+    perturb_plan,
+    rho_schedule,
+    search_plan,
+)
 from xsam_jax.experiment.recipes import RECIPES, Recipe, format_recipes, recipe_config
 from xsam_jax.experiment.train import (
     current_alpha,
@@ -59,6 +65,7 @@ __all__ = [
     "recipe_config",
     "rho_schedule",
     "run",
+    "search_plan",
     "summarise",
     "write_comparison",
 ]

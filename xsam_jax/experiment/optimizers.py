@@ -89,7 +89,7 @@ def make_optimizer(
     if config.optimizer != "fisher-sam":  # whose ball is the Fisher's, never ASAM's
         shared["adaptive"] = config.adaptive
     if config.optimizer == "xsam":
-        every = steps_per_epoch if config.search_every is None else config.search_every or None
+        every = _search_every(config, steps_per_epoch)
         cap = None if config.max_rotation is None else math.radians(config.max_rotation)
         method = xs.xsam(
             rho, rho_max, search_every=every, reuse=config.xsam_reuse, max_rotation=cap, **shared
@@ -123,18 +123,32 @@ def perturb_plan(config: TrainConfig, steps_per_epoch: int) -> np.ndarray:
     return plan
 
 
+def _search_every(config: TrainConfig, steps_per_epoch: int) -> int | None:
+    """XSAM's search period: ``--search-every`` (0 = never), once an epoch by default."""
+    return steps_per_epoch if config.search_every is None else config.search_every or None
+
+
+def search_plan(config: TrainConfig, plan: np.ndarray, steps_per_epoch: int) -> np.ndarray | None:
+    """Which steps run XSAM's α search (`xsam_jax.search_steps`), or None for other methods.
+
+    Args:
+      config: the run's config.
+      plan: `perturb_plan`'s result.
+      steps_per_epoch: steps per epoch.
+    """
+    if config.optimizer != "xsam":
+        return None
+    return xs.search_steps(plan, _search_every(config, steps_per_epoch))
+
+
 def cost(config: TrainConfig, plan: np.ndarray, steps_per_epoch: int) -> dict[str, int]:
     """Forward-backward passes (gradients) and forward-only passes (XSAM probes) of a run.
 
     Every step takes the clean gradient; a perturbed step takes ``ascent_steps`` more; XSAM
-    evaluates one forward pass per α candidate on each search step: the first perturbed step
-    of each search period (`xsam_jax.xsam`).
+    evaluates one forward pass per α candidate on each search step (`search_plan`).
     """
     perturbed = int(np.sum(plan))
     gradients = int(plan.size) + config.ascent_steps * perturbed
-    forwards = 0
-    if config.optimizer == "xsam" and config.search_every != 0:
-        every = config.search_every or steps_per_epoch
-        periods_searched = np.unique(np.flatnonzero(plan) // every).size
-        forwards = periods_searched * len(xs.alpha_grid(2.0, 0.1))
+    searches = search_plan(config, plan, steps_per_epoch)
+    forwards = 0 if searches is None else int(searches.sum()) * len(xs.alpha_grid(2.0, 0.1))
     return {"gradient_evaluations": gradients, "probe_evaluations": forwards}

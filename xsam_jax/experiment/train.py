@@ -20,7 +20,7 @@ import xsam_jax as xs
 from xsam_jax import data, landscape, models, plotting, sharpness, training
 from xsam_jax._src.validation import InvalidArgumentError
 from xsam_jax.experiment.config import PAPER_RHO, TrainConfig, default_radii
-from xsam_jax.experiment.optimizers import cost, make_optimizer, perturb_plan
+from xsam_jax.experiment.optimizers import cost, make_optimizer, perturb_plan, search_plan
 
 EVAL_BATCH = 1000
 # Diagnostics (`run(..., diagnostics=True)`): Proposition 1 on this many training examples
@@ -117,10 +117,14 @@ class _Run:
         else:
             tx = optimizer()
             step = training.make_train_step(model, tx)
-        self.step = jax.jit(step, static_argnames="perturb") if self.mesh is None else step
-        # Which steps take the second gradient, decided on the host so that a ρ schedule
-        # compiles two specialised steps instead of a conditional (see xs.perturbed_steps).
+        if self.mesh is None:
+            step = jax.jit(step, static_argnames=("perturb", "search"))
+        self.step = step
+        # Which steps take the second gradient and which run XSAM's search, decided on the
+        # host so that each compiles as a specialised step instead of a conditional (see
+        # xs.perturbed_steps and xs.search_steps).
         self.perturb_plan = perturb_plan(config, self.steps_per_epoch)
+        self.search_plan = search_plan(config, self.perturb_plan, self.steps_per_epoch)
         self.eval_step = jax.jit(training.make_eval_step(model))
         self.state = training.TrainState.create(model, tx, rng=config.seed)
         if self.mesh is not None:
@@ -135,20 +139,28 @@ class _Run:
         built while the first runs, the second costs no pause at the switch. (Simulated devices
         are left alone: a second thread driving their collectives can deadlock.)
         """
-        plan = self.perturb_plan[first_step:]
-        if self.mesh is not None or len(plan) == 0:
+        total = len(self.perturb_plan)
+        if self.mesh is not None or first_step >= total:
             return
-        later = {bool(p) for p in plan} - {bool(plan[0])}
+        programs = [self.plan(t) for t in range(first_step, total)]
+        later = set(programs) - {programs[0]}
         shape = (self.config.batch_size, *self.dataset.input_shape)
         batch = {
             "x": jax.ShapeDtypeStruct(shape, np.float32),
             "y": jax.ShapeDtypeStruct(shape[:1], np.int32),
         }
-        for perturb in later:
+        for program in later:
             threading.Thread(
-                target=lambda p=perturb: self.step.lower(self.state, batch, perturb=p).compile(),
+                target=lambda p=program: self.step.lower(
+                    self.state, batch, perturb=p[0], search=p[1]
+                ).compile(),
                 daemon=True,
             ).start()
+
+    def plan(self, t: int) -> tuple[bool, bool | None]:
+        """The static arguments of step t: whether it climbs and, for XSAM, searches."""
+        search = None if self.search_plan is None else bool(self.search_plan[t])
+        return bool(self.perturb_plan[t]), search
 
     def batches(self, epoch: int):
         for batch in self.dataset.train_batches(
@@ -328,8 +340,8 @@ def run(
         tic = time.perf_counter()
         step_metrics = []
         for i, batch in enumerate(built.batches(epoch)):
-            perturb = bool(built.perturb_plan[epoch * built.steps_per_epoch + i])
-            built.state, metrics = built.step(built.state, batch, perturb=perturb)
+            perturb, search = built.plan(epoch * built.steps_per_epoch + i)
+            built.state, metrics = built.step(built.state, batch, perturb=perturb, search=search)
             step_metrics.append(metrics)
             if wait_every_step:
                 jax.block_until_ready(metrics)

@@ -59,8 +59,8 @@ def _config(settings: Settings, seed: int, **fields: Any) -> TrainConfig:
 def _train(built: _Run, epochs: int, on_step=None, on_epoch=None) -> None:
     for epoch in range(epochs):
         for i, batch in enumerate(built.batches(epoch)):
-            perturb = bool(built.perturb_plan[epoch * built.steps_per_epoch + i])
-            built.state, metrics = built.step(built.state, batch, perturb=perturb)
+            perturb, search = built.plan(epoch * built.steps_per_epoch + i)
+            built.state, metrics = built.step(built.state, batch, perturb=perturb, search=search)
             if on_step is not None:
                 on_step(metrics)
         if on_epoch is not None:

@@ -70,8 +70,8 @@ def make_m_sharpness_train_step(
         apply_fn: `(model, batch, key) -> logits`; every group gets the same key.
 
     Returns:
-        The train step `(state, batch, *, perturb=None) -> (state, metrics)`; metrics are
-        averaged over the groups; `perturb` as in `make_train_step`.
+        The train step `(state, batch, *, perturb=None, search=None) -> (state, metrics)`;
+        metrics are averaged over the groups; `perturb` and `search` as in `make_train_step`.
 
     Raises:
         ValueError: if `group_size` < 1 (at once), does not divide the batch size, or `tx`
@@ -88,11 +88,15 @@ def make_m_sharpness_train_step(
     )
 
     def m_sharpness_step(
-        state: TrainState, batch: Batch, *, perturb: bool | None = None
+        state: TrainState,
+        batch: Batch,
+        *,
+        perturb: bool | None = None,
+        search: bool | None = None,
     ) -> tuple[TrainState, Metrics]:
         groups = jax.tree.map(lambda x: _group(x, group_size), batch)
         grouped_step = jax.vmap(
-            functools.partial(step, perturb=perturb),
+            functools.partial(step, perturb=perturb, search=search),
             in_axes=(None, 0),
             out_axes=None,
             axis_name=axis_name,

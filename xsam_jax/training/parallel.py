@@ -37,7 +37,7 @@ from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from xsam_jax._src.base import check_perturb
+from xsam_jax._src.base import check_static_flag
 from xsam_jax.training.state import TrainState
 from xsam_jax.training.steps import (
     ApplyFn,
@@ -136,21 +136,29 @@ def process_batch_rows(mesh: Mesh, batch_size: int, *, axis_name: str = "data") 
     return np.unique(np.concatenate([np.arange(batch_size)[index] for index in held]))
 
 
-def _one_program_per_perturb(
-    build: Callable[[bool | None], Callable[[TrainState, Batch], tuple[TrainState, Metrics]]],
+def _one_program_per_plan(
+    build: Callable[..., Callable[[TrainState, Batch], tuple[TrainState, Metrics]]],
 ) -> TrainStep:
-    """A step `(state, batch, *, perturb=None)` that runs `build(perturb)`, built once per value.
+    """A step `(state, batch, *, perturb=None, search=None)` running `build(perturb, search)`.
 
-    `perturb` selects a compiled program (see `make_train_step`); `jax.jit` with shardings
-    takes no keyword arguments, so the choice is made here, on the host.
+    `perturb` and `search` select a compiled program (see `make_train_step`); `jax.jit` with
+    shardings takes no keyword arguments, so the choice is made here, on the host, and each
+    program is built once.
     """
     programs = {}
 
-    def step(state: TrainState, batch: Batch, *, perturb: bool | None = None):
-        check_perturb(perturb)
-        if perturb not in programs:
-            programs[perturb] = build(perturb)
-        return programs[perturb](state, batch)
+    def step(
+        state: TrainState,
+        batch: Batch,
+        *,
+        perturb: bool | None = None,
+        search: bool | None = None,
+    ):
+        check_static_flag("perturb", perturb)
+        check_static_flag("search", search)
+        if (perturb, search) not in programs:
+            programs[perturb, search] = build(perturb, search)
+        return programs[perturb, search](state, batch)
 
     return step
 
@@ -178,8 +186,8 @@ def make_sharded_train_step(
 
     Returns:
         The jitted step; it takes a `replicate`d state and a `shard_batch`ed batch (and the
-        static keyword `perturb`, see `make_train_step`) and returns a replicated state and
-        metrics.
+        static keywords `perturb` and `search`, see `make_train_step`) and returns a
+        replicated state and metrics.
     """
     step = make_train_step(
         model_or_graphdef,
@@ -189,9 +197,9 @@ def make_sharded_train_step(
         microbatches=microbatches,
     )
     replicated = NamedSharding(mesh, P())
-    return _one_program_per_perturb(
-        lambda perturb: jax.jit(
-            functools.partial(step, perturb=perturb),
+    return _one_program_per_plan(
+        lambda perturb, search: jax.jit(
+            functools.partial(step, perturb=perturb, search=search),
             in_shardings=(replicated, NamedSharding(mesh, P(axis_name))),
             out_shardings=(replicated, replicated),
         )
@@ -225,7 +233,7 @@ def make_shard_map_train_step(
 
     Returns:
         The jitted step on a `replicate`d state and a `shard_batch`ed batch (and the static
-        keyword `perturb`, see `make_train_step`).
+        keywords `perturb` and `search`, see `make_train_step`).
     """
     step = make_train_step(
         model_or_graphdef,
@@ -236,10 +244,10 @@ def make_shard_map_train_step(
         axis_name=axis_name,
     )
     replicated = NamedSharding(mesh, P())
-    return _one_program_per_perturb(
-        lambda perturb: jax.jit(
+    return _one_program_per_plan(
+        lambda perturb, search: jax.jit(
             jax.shard_map(
-                functools.partial(step, perturb=perturb),
+                functools.partial(step, perturb=perturb, search=search),
                 mesh=mesh,
                 in_specs=(P(), P(axis_name)),
                 out_specs=(P(), P()),
@@ -272,8 +280,8 @@ def make_pmap_train_step(
 
     Returns:
         The pmapped step on a `replicate_for_pmap`ped state and a `shard_for_pmap`ped
-        batch (and the keyword `perturb`, see `make_train_step`: one program is compiled per
-        value); outputs keep the leading device axis (see `unreplicate`).
+        batch (and the keywords `perturb` and `search`, see `make_train_step`: one program
+        is compiled per pair of values); outputs keep the leading device axis (see `unreplicate`).
     """
     step = make_train_step(
         model_or_graphdef,
@@ -283,8 +291,10 @@ def make_pmap_train_step(
         microbatches=microbatches,
         axis_name=axis_name,
     )
-    return _one_program_per_perturb(
-        lambda perturb: jax.pmap(functools.partial(step, perturb=perturb), axis_name=axis_name)
+    return _one_program_per_plan(
+        lambda perturb, search: jax.pmap(
+            functools.partial(step, perturb=perturb, search=search), axis_name=axis_name
+        )
     )
 
 

@@ -181,11 +181,13 @@ def make_train_step(
         axis_name: the mapped axis, or None for a single device or jit-with-sharding.
 
     Returns:
-        The train step `(state, batch, *, perturb=None) -> (state, metrics)`. Metrics are
-        `loss` and, for integer labels, `accuracy`, both of the clean pass. `perturb` is
-        handed to `tx.update`: a Python bool saying whether this step's ρ is positive, so that
-        a schedule-gated method compiles its ascent outside a conditional (see
-        `xsam_jax.perturbed_steps`); jit the step with `static_argnames="perturb"` to use it.
+        The train step `(state, batch, *, perturb=None, search=None) -> (state, metrics)`.
+        Metrics are `loss` and, for integer labels, `accuracy`, both of the clean pass.
+        `perturb` and `search` are handed to `tx.update`: Python bools saying whether this
+        step's ρ is positive and whether XSAM searches on it, so that a schedule-gated method
+        compiles its ascent, and XSAM its search, outside a conditional (see
+        `xsam_jax.perturbed_steps` and `xsam_jax.search_steps`); jit the step with
+        `static_argnames=("perturb", "search")` to use them.
 
     Raises:
         TypeError: if `model_or_graphdef` is neither an `nnx.Module` nor an `nnx.GraphDef`.
@@ -199,7 +201,11 @@ def make_train_step(
         objective = accumulate(objective, microbatches)
 
     def train_step(
-        state: TrainState, batch: Batch, *, perturb: bool | None = None
+        state: TrainState,
+        batch: Batch,
+        *,
+        perturb: bool | None = None,
+        search: bool | None = None,
     ) -> tuple[TrainState, Metrics]:
         key = jax.random.fold_in(state.rng, state.step)
 
@@ -215,6 +221,7 @@ def make_train_step(
             state.params,
             loss_fn=lambda p: loss_and_aux(p)[0],
             perturb=perturb,
+            search=search,
         )
         if axis_name is not None:
             model_state = _mean_floating(model_state, axis_name)
