@@ -52,6 +52,23 @@ def fisher_sam(
       An `optax.GradientTransformationExtraArgs` with state `SAMState` (needs ``loss_fn``,
       takes ``perturb``; see `sam`).
 
+    Examples:
+      On :math:`L(w) = \tfrac12\|w\|^2` at w = (1, 4), g = (1, 4) and with η = 0.25,
+      f = 1 + 0.25·(1, 16) = (1.25, 5), so f⁻¹g = (0.8, 0.8), gᵀf⁻¹g = 4 and
+      ε = 0.5·(0.8, 0.8)/2 = (0.2, 0.2): both coordinates move alike, where SAM's
+      ε = 0.5·(1, 4)/√17 moves the steep one four times as far. The output is the gradient
+      at w + ε, that point itself:
+
+      >>> import jax, jax.numpy as jnp
+      >>> import xsam_jax as xs
+      >>> def loss(w):
+      ...     return 0.5 * jnp.sum(w**2)
+      >>> w = jnp.array([1.0, 4.0])
+      >>> tx = xs.fisher_sam(rho=0.5, eta=0.25)
+      >>> updates, _ = tx.update(jax.grad(loss)(w), tx.init(w), w, loss_fn=loss)
+      >>> [round(float(v), 4) for v in updates]  # w + [0.2, 0.2]
+      [1.2, 4.2]
+
     References:
       Kim, Li, Hu & Hospedales, `Fisher SAM: Information Geometry and Sharpness Aware
       Minimisation <https://arxiv.org/abs/2206.04920>`_, ICML 2022.

@@ -101,6 +101,28 @@ def looksam(
       An `optax.GradientTransformationExtraArgs` with state `LookSAMState` (needs
       ``loss_fn``, takes ``perturb``; see `sam`).
 
+    Examples:
+      On :math:`L(w) = \tfrac12 w^\top \mathrm{diag}(1, 2)\, w` at w = (4, 1.5), g = (4, 3).
+      Step 0 is a full SAM step: ε = 0.5·(0.8, 0.6), :math:`g_s` = diag(1, 2)·(4.4, 1.8) =
+      (4.4, 3.6), whose part orthogonal to g is :math:`g_v = g_s - 1.136\, g` =
+      (−0.144, 0.192) = 0.24·(−0.6, 0.8). Step 1 (count 1, not a multiple of 2) takes g alone
+      and outputs :math:`g + 0.7 \cdot (5 / 0.24)\, g_v` = (4, 3) + 3.5·(−0.6, 0.8); step 2 is a
+      full step again:
+
+      >>> import jax, jax.numpy as jnp
+      >>> import xsam_jax as xs
+      >>> def loss(w):
+      ...     return 0.5 * (w[0] ** 2 + 2.0 * w[1] ** 2)
+      >>> w = jnp.array([4.0, 1.5])
+      >>> tx = xs.looksam(rho=0.5, every=2, alpha=0.7)
+      >>> state = tx.init(w)
+      >>> for _ in range(3):
+      ...     updates, state = tx.update(jax.grad(loss)(w), state, w, loss_fn=loss)
+      ...     print([round(float(v), 4) for v in updates])
+      [4.4, 3.6]
+      [1.9, 5.8]
+      [4.4, 3.6]
+
     References:
       Liu, Mai, Chen, Hsieh & You, `Towards Efficient and Scalable Sharpness-Aware
       Minimization <https://arxiv.org/abs/2203.02714>`_, CVPR 2022.

@@ -111,6 +111,27 @@ def fsam(
       An `optax.GradientTransformationExtraArgs` with state `MovingAverageState` (needs
       ``loss_fn``, takes ``perturb``; see `sam`).
 
+    Examples:
+      On :math:`L(w) = \tfrac12\|w\|^2` the gradient at a point is the point itself. The
+      first step, at w = (3, 4), is SAM's, (3, 4) + 0.5·(0.6, 0.8), and starts m at
+      g₁ = (3, 4). At w = (0, 4), with σ = 0.5, the ascent follows
+      g₂ − σ·m = (−1.5, 2) = 2.5·(−0.6, 0.8), so the output is (0, 4) + 0.5·(−0.6, 0.8) where
+      SAM's is (0, 4.5); then m = 0.9·(3, 4) + 0.1·(0, 4):
+
+      >>> import jax, jax.numpy as jnp
+      >>> import xsam_jax as xs
+      >>> def loss(w):
+      ...     return 0.5 * jnp.sum(w**2)
+      >>> tx = xs.fsam(rho=0.5, sigma=0.5, lmbda=0.9)
+      >>> state = tx.init(jnp.zeros(2))
+      >>> for w in [jnp.array([3.0, 4.0]), jnp.array([0.0, 4.0])]:
+      ...     updates, state = tx.update(jax.grad(loss)(w), state, w, loss_fn=loss)
+      ...     print([round(float(v), 4) for v in updates])
+      [3.3, 4.4]
+      [-0.3, 4.4]
+      >>> [round(float(v), 4) for v in state.average]  # m
+      [2.7, 4.0]
+
     References:
       Li, Zhou, He, Cheng & Huang, `Friendly Sharpness-Aware Minimization
       <https://arxiv.org/abs/2403.12350>`_, CVPR 2024.
@@ -170,6 +191,27 @@ def vasso(
     Returns:
       An `optax.GradientTransformationExtraArgs` with state `MovingAverageState` (needs
       ``loss_fn``, takes ``perturb``; see `sam`).
+
+    Examples:
+      On :math:`L(w) = \tfrac12\|w\|^2` the gradient at a point is the point itself. The
+      first step, at w = (3, 4), is SAM's, (3, 4) + 0.5·(0.6, 0.8), and starts d at
+      g₁ = (3, 4). At w = (−1, 4), with θ = 0.75, the ascent follows
+      d = 0.25·(3, 4) + 0.75·(−1, 4) = (0, 4), so the output is (−1, 4) + 0.5·(0, 1), where
+      SAM's would climb along g₂ = (−1, 4) itself:
+
+      >>> import jax, jax.numpy as jnp
+      >>> import xsam_jax as xs
+      >>> def loss(w):
+      ...     return 0.5 * jnp.sum(w**2)
+      >>> tx = xs.vasso(rho=0.5, theta=0.75)
+      >>> state = tx.init(jnp.zeros(2))
+      >>> for w in [jnp.array([3.0, 4.0]), jnp.array([-1.0, 4.0])]:
+      ...     updates, state = tx.update(jax.grad(loss)(w), state, w, loss_fn=loss)
+      ...     print([round(float(v), 4) for v in updates])
+      [3.3, 4.4]
+      [-1.0, 4.5]
+      >>> [round(float(v), 4) for v in state.average]  # d
+      [0.0, 4.0]
 
     References:
       Li & Giannakis, `Enhancing Sharpness-Aware Optimization Through Variance Suppression
