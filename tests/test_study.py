@@ -2,7 +2,12 @@
 
 import dataclasses
 import json
+import os
 import pathlib
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +17,7 @@ from xsam_jax.study import report, runs, spec
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"
+POOL_CHILD = ROOT / "tests" / "study_pool_child.py"
 
 
 @pytest.fixture(scope="module")
@@ -197,3 +203,44 @@ def test_xsam_train_defaults_are_the_radii_the_study_chose():
     choice = results["tuning"]["mnist1d/cnn1d"]["xsam"]["choice"]
     resolved = experiment.TrainConfig().resolved()
     assert (resolved.rho, resolved.rho_max) == (choice["rho"], choice["rho_max"])
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and, where /proc says (Linux), is not an unreaped zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (macOS): it exists
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"  # the state follows "(command)"
+
+
+@pytest.mark.slow
+def test_pool_workers_exit_when_their_parent_is_killed(tmp_path):
+    """A killed `xsam-study` must not leave its workers training on as orphans."""
+    pid_file = tmp_path / "worker.pid"
+    parent = subprocess.Popen([sys.executable, str(POOL_CHILD), str(pid_file)])
+    worker = None
+    try:
+        deadline = time.monotonic() + 180  # the worker imports JAX first
+        while not pid_file.exists():
+            assert parent.poll() is None, f"the pool's parent exited with {parent.returncode}"
+            assert time.monotonic() < deadline, "the worker never started its job"
+            time.sleep(0.2)
+        worker = int(pid_file.read_text())
+        assert _running(worker)
+        parent.send_signal(signal.SIGKILL)  # no chance to stop its workers
+        parent.wait()
+        deadline = time.monotonic() + 10  # the worker looks for its parent every second
+        while _running(worker) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _running(worker), "the worker outlived its killed parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+            parent.wait()
+        if worker is not None and _running(worker):
+            os.kill(worker, signal.SIGKILL)

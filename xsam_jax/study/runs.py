@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import pathlib
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -178,9 +179,40 @@ def _train_all(jobs: list[Job], cache: Cache, workers: int, jit_cache: str | Non
         for job in jobs:
             yield job, _train(job, str(cache.directory), jit_cache)[1]
         return
-    # Fresh interpreters ("spawn"): a forked JAX runtime is not safe to use.
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
+    with worker_pool(workers) as pool:
         futures = {pool.submit(_train, job, str(cache.directory), jit_cache): job for job in jobs}
         for future in concurrent.futures.as_completed(futures):
             yield futures[future], future.result()[1]
+
+
+def worker_pool(workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    """A pool of `workers` training processes that end when the process that made it dies.
+
+    Args:
+      workers: processes in the pool.
+
+    Returns:
+      The pool; its workers are fresh interpreters ("spawn"): a forked JAX runtime is not safe
+      to use.
+    """
+    context = multiprocessing.get_context("spawn")
+    return concurrent.futures.ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_exit_with_parent, initargs=(os.getpid(),)
+    )
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker once `parent` is gone, even in the middle of a job.
+
+    A killed parent (SIGTERM, SIGKILL) cannot stop its workers, which would train on as orphans
+    until their job ends. The parent's pid is passed in rather than read here, as the parent may
+    already have died when this runs. Once it dies the worker is adopted by another process, so
+    `os.getppid()` changes: that holds on Linux and macOS (POSIX), the systems the study runs on.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)  # skips cleanup: the parent waiting for it is gone
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
