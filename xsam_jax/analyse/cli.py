@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from xsam_jax._src.validation import InvalidArgumentError
 from xsam_jax.data import DatasetNotPreparedError
@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
         # No abbreviations: `run --num 5` must not pass for `--num-iters 5`.
         super().__init__(allow_abbrev=False, **kwargs)
 
-    def error(self, message: str) -> None:  # one line instead of usage + message
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + message
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 

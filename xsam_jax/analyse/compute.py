@@ -26,7 +26,9 @@ from flax import nnx
 
 from xsam_jax import landscape, sharpness
 from xsam_jax._src.validation import check_int, check_range
+from xsam_jax.data.dataset import Split
 from xsam_jax.experiment import TrainConfig, current_alpha, default_radii, load_run
+from xsam_jax.experiment.train import _Run
 
 NUM_EIGENVALUES = 3
 # Radii of the Proposition-1 figure, as multiples of ρ_max (ρ itself is added).
@@ -341,7 +343,9 @@ def split_floating(model_state: Any) -> tuple[list[jax.Array], Callable[[list], 
     return [leaves[i] for i in floating], rebuild
 
 
-def _restore_pair(dir_a, dir_b, stages):
+def _restore_pair(
+    dir_a: pathlib.Path, dir_b: pathlib.Path, stages: Progress
+) -> tuple[tuple[TrainConfig, _Run], tuple[TrainConfig, _Run]]:
     """Both runs, restored; ValueError unless they share the model and the dataset."""
     with stages.stage("restore", f"restoring {dir_a} and {dir_b}"):
         config_a, built_a = load_run(dir_a)
@@ -449,9 +453,10 @@ def valley_between_runs(
             "examples are run A's (for digits the train/test split follows the seed)"
         )
     rng = np.random.default_rng(seed)
+    splits: tuple[Split, ...] = ("train", "test")
     data = {
         split: _subset(*built_a.dataset.arrays(split), examples, config_a.batch_size, rng)
-        for split in ("train", "test")
+        for split in splits
     }
     state_a, state_b = built_a.state, built_b.state
     with stages.stage(

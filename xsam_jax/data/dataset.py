@@ -18,6 +18,8 @@ import numpy as np
 from xsam_jax.data.augment import Augmentation
 from xsam_jax.data.pipeline import VALIDATION_STREAM, Batch, Prefetcher, iterate_batches
 
+Split = Literal["train", "val", "test"]
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
@@ -136,7 +138,7 @@ class Dataset:
             y_val=self.y_train[held_out],
         )
 
-    def arrays(self, split: Literal["train", "val", "test"]) -> tuple[np.ndarray, np.ndarray]:
+    def arrays(self, split: Split) -> tuple[np.ndarray, np.ndarray]:
         """A whole split, normalised, e.g. for full-batch evaluation.
 
         Args:

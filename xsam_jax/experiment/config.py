@@ -253,20 +253,20 @@ class TrainConfig:
                 "--batch-size", f"divisible by --devices ({self.devices})", self.batch_size
             )
         if self.m_sharpness is not None:
-            self._validate_m_sharpness()
+            self._validate_m_sharpness(self.m_sharpness)
 
-    def _validate_m_sharpness(self) -> None:
-        check_int("--m-sharpness", self.m_sharpness, low=1)
+    def _validate_m_sharpness(self, m_sharpness: int) -> None:
+        check_int("--m-sharpness", m_sharpness, low=1)
         per_device = self.batch_size // self.devices
-        if self.devices > 1 and self.m_sharpness != per_device:
+        if self.devices > 1 and m_sharpness != per_device:
             raise InvalidArgumentError(
                 "--m-sharpness",
                 f"--batch-size / --devices = {per_device} with --devices > 1 (it is per device)",
-                self.m_sharpness,
+                m_sharpness,
             )
-        if self.batch_size % self.m_sharpness:
+        if self.batch_size % m_sharpness:
             raise InvalidArgumentError(
-                "--m-sharpness", f"a divisor of --batch-size ({self.batch_size})", self.m_sharpness
+                "--m-sharpness", f"a divisor of --batch-size ({self.batch_size})", m_sharpness
             )
 
     @property

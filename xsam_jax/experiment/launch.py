@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 
@@ -70,7 +71,7 @@ def distributed_arguments(
     *,
     detect: bool = False,
     environ: Mapping[str, str] | None = None,
-) -> dict[str, object] | None:
+) -> dict[str, Any] | None:
     """What to pass to `jax.distributed.initialize`, or None for a single-process run.
 
     Args:
@@ -92,7 +93,7 @@ def distributed_arguments(
     missing = [flag for flag, value in given.items() if value is None]
     if len(missing) == len(FLAGS):
         return {} if detect or detect_cluster(environ) is not None else None
-    if missing:
+    if coordinator is None or num_processes is None or process_id is None:
         raise InvalidArgumentError(
             missing[0], f"given with {', '.join(f for f in FLAGS if f not in missing)}", None
         )
@@ -110,7 +111,7 @@ def distributed_arguments(
     }
 
 
-def join(arguments: dict[str, object]) -> None:
+def join(arguments: dict[str, Any]) -> None:
     """Connects to the other processes; call before anything starts JAX's backend.
 
     On CPU the processes all-reduce over TCP with gloo (simulated devices, tests, CPU

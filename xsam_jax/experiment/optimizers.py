@@ -24,13 +24,14 @@ def rho_schedule(config: TrainConfig, steps_per_epoch: int) -> float | optax.Sch
     steps_per_epoch⌋ and from that step on as the method (with its schedule) would; "sgd" has
     ρ = 0.
     """
-    rho, _ = default_radii(config)
-    if rho is None:
+    radius, _ = default_radii(config)
+    if radius is None:
         return 0.0
+    rho: float | optax.Schedule = radius
     if config.perturb_every is not None:
-        rho = xs.periodic(rho, config.perturb_every)
+        rho = xs.periodic(radius, config.perturb_every)
     elif config.perturb_probability is not None:
-        rho = xs.randomized(rho, config.perturb_probability, seed=config.seed)
+        rho = xs.randomized(radius, config.perturb_probability, seed=config.seed)
     if config.late_phase_start is not None:
         total = config.epochs * steps_per_epoch
         return xs.late_phase(rho, int(config.late_phase_start * total))
@@ -89,6 +90,7 @@ def make_optimizer(
     if config.optimizer != "fisher-sam":  # whose ball is the Fisher's, never ASAM's
         shared["adaptive"] = config.adaptive
     if config.optimizer == "xsam":
+        assert rho_max is not None  # default_radii gives every XSAM run a probe radius
         every = _search_every(config, steps_per_epoch)
         cap = None if config.max_rotation is None else math.radians(config.max_rotation)
         method = xs.xsam(

@@ -19,6 +19,7 @@ from flax import nnx
 import xsam_jax as xs
 from xsam_jax import data, landscape, models, plotting, sharpness, training
 from xsam_jax._src.validation import InvalidArgumentError
+from xsam_jax.data.dataset import Split
 from xsam_jax.experiment.config import PAPER_RHO, TrainConfig, default_radii
 from xsam_jax.experiment.optimizers import cost, make_optimizer, perturb_plan, search_plan
 
@@ -142,6 +143,8 @@ class _Run:
         total = len(self.perturb_plan)
         if self.mesh is not None or first_step >= total:
             return
+        step = self.step
+        assert isinstance(step, jax.stages.Wrapped)  # jitted in __init__ without a mesh
         programs = [self.plan(t) for t in range(first_step, total)]
         later = set(programs) - {programs[0]}
         shape = (self.config.batch_size, *self.dataset.input_shape)
@@ -151,7 +154,7 @@ class _Run:
         }
         for program in later:
             threading.Thread(
-                target=lambda p=program: self.step.lower(
+                target=lambda p=program: step.lower(
                     self.state, batch, perturb=p[0], search=p[1]
                 ).compile(),
                 daemon=True,
@@ -171,7 +174,7 @@ class _Run:
     def host_state(self) -> training.TrainState:
         return self.state if self.mesh is None else jax.device_get(self.state)
 
-    def evaluate(self, split: str = "test") -> dict[str, float]:
+    def evaluate(self, split: Split = "test") -> dict[str, float]:
         """Mean loss and accuracy of the current model (eval mode) on a split.
 
         Every process evaluates the whole split on one of its devices with its copy of the
@@ -321,7 +324,11 @@ def run(
             history = saved.get("history", [])
         elif resume:
             raise ValueError(f"--resume: no checkpoint in {out / 'checkpoint'}")
-    splits = (["val"] if config.val_fraction is not None else []) + (["test"] if test else [])
+    splits: list[Split] = []
+    if config.val_fraction is not None:
+        splits.append("val")
+    if test:
+        splits.append("test")
     probe = _Diagnostics(built) if diagnostics else None
     start_epoch = len(history)
     built.compile_ahead(start_epoch * built.steps_per_epoch)
@@ -389,12 +396,12 @@ def run(
         result[f"final_{split}_accuracy"] = final
     if probe is not None and history:
         result.update(probe.final(config.seed))
-    if out is not None:
+    if checkpointer is not None:  # there is one exactly when there is an `out`
         checkpointer.wait_until_finished()
         checkpointer.close()
-        if lead:
-            (out / "metrics.json").write_text(json.dumps(result, indent=2))
-            plotting.plot_training_curves({label: history}, path=out / "curves.png")
+    if out is not None and lead:
+        (out / "metrics.json").write_text(json.dumps(result, indent=2))
+        plotting.plot_training_curves({label: history}, path=out / "curves.png")
     return result
 
 
@@ -423,13 +430,14 @@ def load_run(out: str | pathlib.Path) -> tuple[TrainConfig, _Run]:
         raise FileNotFoundError(f"{out}: no such directory")
     if not directory.is_dir():
         raise FileNotFoundError(f"{out} has no checkpoint/ (written by xsam-train --out DIR)")
-    config, built = None, None
+    config: TrainConfig | None = None
+    built: _Run | None = None
 
     def rebuilt(saved: dict[str, Any]) -> training.TrainState:
         nonlocal config, built
         if built is None:  # every checkpoint of a run holds the same config
             try:
-                config = TrainConfig.from_dict(saved.get("config"))
+                config = TrainConfig.from_dict(saved["config"])
             except ValueError as err:
                 raise ValueError(f"{directory}: the saved config is {err}") from None
             built = _Run(dataclasses.replace(config, devices=1))
@@ -439,5 +447,7 @@ def load_run(out: str | pathlib.Path) -> tuple[TrainConfig, _Run]:
         if checkpointer.latest_step() is None:
             raise FileNotFoundError(f"{directory} holds no checkpoint")
         state = checkpointer.restore_latest_readable(rebuilt).state
+    # Restoring called `rebuilt`, which set both.
+    assert config is not None and built is not None
     built.state = state
     return config, built

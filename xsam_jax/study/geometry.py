@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -74,7 +75,12 @@ def steps(settings: Settings) -> dict[str, Any]:
         runs = []
         for seed in settings.seeds:
             built = _Run(_config(settings, seed, **fields).resolved())
-            record = {"loss": [], "psi_degrees": [], "rotation_degrees": [], "alpha": []}
+            record: dict[str, list[float]] = {
+                "loss": [],
+                "psi_degrees": [],
+                "rotation_degrees": [],
+                "alpha": [],
+            }
 
             def on_step(metrics, built=built, record=record):
                 state = current_xsam_state(built.state.opt_state)
@@ -128,25 +134,24 @@ def noise(settings: Settings) -> dict[str, Any]:
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch["y"]).mean()
 
     loss_fn, _ = sharpness.nnx_loss_fn(built.model, loss)
+
+    def loss_on(batch: dict[str, Any]) -> Callable[[Any], jax.Array]:
+        return lambda p: loss_fn(p, batch)
+
     params = built.host_state().params
     rng = np.random.default_rng(seed)
     per_batch = []
     for _ in range(settings.noise_batches):
         rows = rng.choice(len(y), size=built.config.batch_size, replace=False)
         batch = {"x": x[rows], "y": y[rows]}
-        curve = landscape.alpha_curve(
-            lambda p, b=batch: loss_fn(p, b), params, rho=0.15, rho_max=0.3, chunk=1
-        )
+        curve = landscape.alpha_curve(loss_on(batch), params, rho=0.15, rho_max=0.3, chunk=1)
         per_batch.append(
             {
                 "alpha_star": float(curve.alpha_star),
                 "losses": np.asarray(curve.losses, np.float64).tolist(),
             }
         )
-    full = {"x": x, "y": y}
-    whole = landscape.alpha_curve(
-        lambda p: loss_fn(p, full), params, rho=0.15, rho_max=0.3, chunk=1
-    )
+    whole = landscape.alpha_curve(loss_on({"x": x, "y": y}), params, rho=0.15, rho_max=0.3, chunk=1)
     return {
         "epochs": settings.noise_epochs,
         "batch_size": built.config.batch_size,

@@ -265,6 +265,7 @@ def figures(results: Mapping[str, Any], out: str | pathlib.Path) -> list[pathlib
             curves, panels, title=f"{setting}: over training (mean ± sd over seeds)", path=path
         )
         written.append(path)
+    series: dict[str, list[tuple[float, list[float]]]]
     if results.get("multistep"):
         series = {
             label: [(int(k), _values(runs, "final_test_accuracy")) for k, runs in by_k.items()]

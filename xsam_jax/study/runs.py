@@ -151,6 +151,12 @@ def execute(
     """
     unique = {job.key(): job for job in jobs}
     missing = [job for key, job in unique.items() if cache.get(job) is None]
+
+    def stored(job: Job) -> dict[str, Any]:
+        result = cache.get(job)
+        assert result is not None, f"{job.describe()} was trained but is not in the cache"
+        return result
+
     if missing:
         log(
             f"{len(unique) - len(missing)} of {len(unique)} runs cached; training {len(missing)} "
@@ -158,7 +164,7 @@ def execute(
         )
         started = time.perf_counter()
         for done, (job, seconds) in enumerate(_train_all(missing, cache, workers, jit_cache), 1):
-            result = cache.get(job)
+            result = stored(job)
             score = " ".join(
                 f"{split} {result[f'final_{split}_accuracy']:.4f}"
                 for split in ("val", "test")
@@ -170,7 +176,7 @@ def execute(
                 f"ETA {eta / 60:.0f} min)"
             )
             sys.stdout.flush()
-    return {key: cache.get(job) for key, job in unique.items()}
+    return {key: stored(job) for key, job in unique.items()}
 
 
 def _train_all(jobs: list[Job], cache: Cache, workers: int, jit_cache: str | None):

@@ -68,7 +68,7 @@ class Study:
         log: Callable[[str], None] = print,
     ):
         self.plan, self.cache, self.log = plan, cache, log
-        self.options = {"workers": workers, "jit_cache": jit_cache, "log": log}
+        self.options: dict[str, Any] = {"workers": workers, "jit_cache": jit_cache, "log": log}
 
     def _run(self, jobs: list[Job]) -> dict[str, dict[str, Any]]:
         return execute(jobs, self.cache, **self.options)
@@ -91,7 +91,7 @@ class Study:
         tuning: dict[str, dict[str, Any]] = {}
         for setting in self.plan.settings:
             for method in self.plan.methods:
-                points = []
+                points: list[dict[str, Any]] = []
                 for i, params in enumerate(method.grid):
                     accuracies = [
                         results[jobs[setting.name, method.label, i, s].key()]["final_val_accuracy"]

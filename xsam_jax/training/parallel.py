@@ -27,7 +27,8 @@ number of devices from every process), give `replicate` the same values in every
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +50,8 @@ from xsam_jax.training.steps import (
     make_train_step,
     softmax_cross_entropy,
 )
+
+_Tree = TypeVar("_Tree")
 
 
 def data_mesh(num_devices: int | None = None, *, axis_name: str = "data") -> Mesh:
@@ -82,7 +85,7 @@ def data_mesh(num_devices: int | None = None, *, axis_name: str = "data") -> Mes
     return jax.make_mesh((n,), (axis_name,), axis_types=(AxisType.Auto,), devices=devices)
 
 
-def replicate(tree: object, mesh: Mesh) -> object:
+def replicate(tree: _Tree, mesh: Mesh) -> _Tree:
     """Places a pytree (e.g. a `TrainState`) fully replicated on `mesh`.
 
     Args:
@@ -96,7 +99,9 @@ def replicate(tree: object, mesh: Mesh) -> object:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), tree)
 
 
-def shard_batch(batch: Batch, mesh: Mesh, *, axis_name: str = "data") -> Batch:
+def shard_batch(
+    batch: Mapping[str, jax.Array | np.ndarray], mesh: Mesh, *, axis_name: str = "data"
+) -> Batch:
     """Builds the global batch from each process's local slice, sharded on its leading axis.
 
     Args:
