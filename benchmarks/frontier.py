@@ -15,15 +15,23 @@ with its own parameter fixed:
   does not know, or whose fields `TrainConfig` lacks, is skipped with a notice (and listed
   under "skipped" in the JSON) until that branch is merged.
 
+The study's untuned reference, SGD at the learning rate every sharpness-aware run uses
+(`spec.RECIPE_SGD`, its cached runs), is shown as a point of comparison, never on the frontier:
+the other methods are tuned over ρ at that rate, SGD over its rate.
+
 The frontier: a method is on it when no other is at most as costly and at least as accurate
 on average (`pareto_front`), by gradient evaluations (forward-backward passes; XSAM's probes
-are forward passes, listed apart) and by wall time. Wall time is a run's training time
-(`experiment.run`'s "seconds": compilation included, evaluation excluded) on the machine and
-under the load it ran with: cached runs keep the study's. Compare seconds only between runs
-made alike.
+are forward passes, listed apart) and by wall time. The runs' own training times
+(`experiment.run`'s "seconds", evaluation excluded) come from machines under whatever load
+they ran with (cached runs keep the study's), so the time axis comes from a separate timing
+pass (`time_methods`): each method's chosen configuration trained once per round, one run at
+a time in this process, rounds interleaved, after a first round that fills a fresh persistent
+compilation cache (as `xsam-train` runs); its median is "seconds", the runs' mean is kept as
+"seconds_in_runs". Run it on a quiet machine.
 
 Usage:
   python benchmarks/frontier.py --workers 2 --readme README.md    # the full frontier (CPU hours)
+  python benchmarks/frontier.py --time-rounds 2 --readme README.md  # cached: only re-times
   python benchmarks/frontier.py --smoke --cache /tmp/fc --out /tmp/frontier  # digits, 2 epochs
 
 Writes frontier.json, tables.md, frontier-gradients.png and frontier-seconds.png to --out
@@ -41,11 +49,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from xsam_jax import experiment, plotting, study
 from xsam_jax._src.stats import mean_ci95, pareto_front
 from xsam_jax.study import spec
 from xsam_jax.study.runs import Cache
-from xsam_jax.study.stages import Study, plan_description
+from xsam_jax.study.stages import Study, config_for, plan_description
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "frontier"
 SETTING = "mnist1d/cnn1d"
@@ -89,44 +99,92 @@ def frontier_plan(smoke: bool = False) -> tuple[spec.Plan, list[str]]:
     candidates = [base.method(label) for label in STUDY_METHODS] + others
     methods = tuple(m for m in candidates if _available(m))
     skipped = [m.label for m in candidates if not _available(m)]
-    # The study's untuned reference (SGD at the recipe's rate) is not one of the frontier's
-    # tuned methods.
-    plan = dataclasses.replace(base, settings=(setting,), methods=methods, references=())
+    plan = dataclasses.replace(base, settings=(setting,), methods=methods)
     return plan, skipped
 
 
-def summarise(final: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def summarise(
+    final: dict[str, Any],
+    references: Sequence[str] = (),
+    seconds: dict[str, float] | None = None,
+) -> dict[str, dict[str, Any]]:
     """Per method: the choice, test accuracies with their 95 % interval, costs, the frontiers.
 
     Args:
       final: one setting's entry of `Study.final` (label -> params and condensed runs).
+      references: labels shown for comparison only, never on a frontier.
+      seconds: label -> training seconds from `time_methods`; None uses the runs' own.
 
     Returns:
-      label -> {params, test_accuracies, mean_test_accuracy, ci95, gradient_evaluations,
-      probe_evaluations, seconds (means over seeds), on_gradient_frontier, on_time_frontier}.
+      label -> {params, reference, test_accuracies, mean_test_accuracy, ci95,
+      gradient_evaluations, probe_evaluations, seconds_in_runs (means over seeds), seconds,
+      on_gradient_frontier, on_time_frontier}.
     """
     summary = {}
     for label, entry in final.items():
         runs = entry["runs"]
         accuracies = [r["final_test_accuracy"] for r in runs]
         mean, half = mean_ci95(accuracies)
+        costs = {
+            key: sum(r[key] for r in runs) / len(runs)
+            for key in ("gradient_evaluations", "probe_evaluations", "seconds")
+        }
         summary[label] = {
             "params": entry["params"],
+            "reference": label in references,
             "test_accuracies": accuracies,
             "mean_test_accuracy": mean,
             "ci95": half,
-            **{
-                key: sum(r[key] for r in runs) / len(runs)
-                for key in ("gradient_evaluations", "probe_evaluations", "seconds")
-            },
+            "gradient_evaluations": costs["gradient_evaluations"],
+            "probe_evaluations": costs["probe_evaluations"],
+            "seconds_in_runs": costs["seconds"],
+            "seconds": costs["seconds"] if seconds is None else seconds[label],
         }
-    labels = list(summary)
-    means = [summary[label]["mean_test_accuracy"] for label in labels]
+    candidates = [label for label in summary if label not in references]
+    means = [summary[label]["mean_test_accuracy"] for label in candidates]
+    for label in references:
+        summary[label]["on_gradient_frontier"] = summary[label]["on_time_frontier"] = False
     for axis, key in (("gradient", "gradient_evaluations"), ("time", "seconds")):
-        front = pareto_front([summary[label][key] for label in labels], means)
-        for label, on_front in zip(labels, front, strict=True):
+        front = pareto_front([summary[label][key] for label in candidates], means)
+        for label, on_front in zip(candidates, front, strict=True):
             summary[label][f"on_{axis}_frontier"] = bool(on_front)
     return summary
+
+
+def time_methods(
+    plan: spec.Plan, choices: dict[str, dict[str, Any]], *, rounds: int, log=print
+) -> dict[str, float]:
+    """Training seconds of each method's chosen configuration, timed alike (see the top).
+
+    Args:
+      plan: the frontier's plan (one setting).
+      choices: label -> the chosen params.
+      rounds: timed rounds after the compiling one.
+      log: progress output.
+
+    Returns:
+      label -> the median training seconds over the timed rounds (seed 0).
+    """
+    import tempfile
+
+    import jax
+
+    (setting,) = plan.settings
+    methods = {m.label: m for m in plan.methods + plan.references}
+    configs = {
+        label: config_for(setting, methods[label], params, 0) for label, params in choices.items()
+    }
+    if not jax.config.jax_compilation_cache_dir:  # as xsam-train runs: a persistent cache
+        jax.config.update("jax_compilation_cache_dir", tempfile.mkdtemp(prefix="xla-frontier-"))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    seconds: dict[str, list[float]] = {label: [] for label in configs}
+    for r in range(rounds + 1):
+        for label, config in configs.items():
+            result = experiment.run(config, progress=False, test=False)
+            if r > 0:  # round 0 compiles
+                seconds[label].append(result["seconds"])
+            log(f"timing round {r} {label}: {result['seconds']:.2f} s")
+    return {label: float(np.median(values)) for label, values in seconds.items()}
 
 
 def table(summary: dict[str, dict[str, Any]]) -> str:
@@ -137,8 +195,9 @@ def table(summary: dict[str, dict[str, Any]]) -> str:
         "| × SGD | probes / run | train s / run | frontier: gradients | frontier: time |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for label, s in sorted(summary.items(), key=lambda item: item[1]["gradient_evaluations"]):
+    for name, s in sorted(summary.items(), key=lambda item: item[1]["gradient_evaluations"]):
         params = ", ".join(f"{k}={v:g}" for k, v in s["params"].items())
+        label = f"{name} (untuned reference)" if s["reference"] else name
         accuracy = f"{100 * s['mean_test_accuracy']:.2f}"
         if s["ci95"] == s["ci95"]:  # not NaN (one seed)
             accuracy += f" ± {100 * s['ci95']:.2f}"
@@ -160,6 +219,7 @@ def run_frontier(
     skipped: Sequence[str] = (),
     workers: int = 1,
     jit_cache: str | None = None,
+    time_rounds: int = 0,
     log=print,
 ) -> dict[str, Any]:
     """Tune and run the plan (or read it from the cache) and write the frontier's results.
@@ -171,6 +231,8 @@ def run_frontier(
       skipped: labels left out of the plan, recorded in the JSON.
       workers: training processes at once.
       jit_cache: persistent compilation cache directory for the workers, or None.
+      time_rounds: timed rounds of `time_methods` for the time axis; 0 uses the runs' own
+        training seconds.
       log: progress output.
 
     Returns:
@@ -180,13 +242,19 @@ def run_frontier(
     (setting,) = plan.settings
     tuning = runner.tune()
     final = runner.final(tuning)[setting.name]
-    summary = summarise(final)
+    references = [m.label for m in plan.references]
+    seconds = None
+    if time_rounds > 0:
+        choices = {label: entry["params"] for label, entry in final.items()}
+        seconds = time_methods(plan, choices, rounds=time_rounds, log=log)
+    summary = summarise(final, references, seconds)
     import jax
 
     results = {
         "plan": plan_description(plan),
         "skipped": list(skipped),
         "methods": summary,
+        "timing": {"rounds": time_rounds, "seed": 0} if time_rounds else "the runs' own",
         "environment": {
             "jax": jax.__version__,
             "backend": jax.default_backend(),
@@ -206,6 +274,7 @@ def run_frontier(
             {label: s[key] for label, s in summary.items()},
             accuracies,
             xlabel=xlabel,
+            references=references,
             title=f"{setting.name}: test accuracy (mean, 95 % CI) against cost",
             path=out / f"frontier-{name}.png",
         )
@@ -225,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="digits, 2 epochs: checks the pipeline")
     p.add_argument("--readme", default=None, metavar="README.md", help="refresh its table")
     p.add_argument("--no-jit-cache", action="store_true", help="compile afresh in every run")
+    p.add_argument(
+        "--time-rounds",
+        type=int,
+        default=1,
+        help="timed rounds of each chosen method for the time axis (0: the runs' own seconds)",
+    )
     return p
 
 
@@ -240,8 +315,16 @@ def main(argv: list[str] | None = None) -> int:
     plan, skipped = frontier_plan(args.smoke)
     for label in skipped:
         print(f"skipping {label}: this version has no such optimizer or field yet")
+    if args.time_rounds < 0:
+        parser.error(f"--time-rounds must be an integer >= 0, got {args.time_rounds}")
     results = run_frontier(
-        plan, args.out, cache=cache, skipped=skipped, workers=args.workers, jit_cache=jit_cache
+        plan,
+        args.out,
+        cache=cache,
+        skipped=skipped,
+        workers=args.workers,
+        jit_cache=jit_cache,
+        time_rounds=args.time_rounds,
     )
     if args.readme:
         path = pathlib.Path(args.readme)

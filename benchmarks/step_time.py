@@ -15,6 +15,7 @@ Usage:
   python benchmarks/step_time.py            # both models (ResNet-18 takes several minutes)
   python benchmarks/step_time.py --quick    # the 1-D CNN only
   python benchmarks/step_time.py --resnet-rows gate  # ResNet-18: schedules and search plan
+      # (the conditional rows take minutes a step on ResNet-18 on 2 CPU cores: over an hour)
 
 Writes benchmarks/results/step_time.json and prints a markdown table.
 """
@@ -207,7 +208,9 @@ def bench_model(name, input_shape, rounds, inner, steps_per_epoch, rows=None):
         if count:  # put XSAM's counter off the search schedule
             state = (state[0]._replace(count=jnp.asarray(count, jnp.int32)), *state[1:])
         step = make_step(loss, tx, opaque, perturb, search)
+        tic = time.perf_counter()
         jax.block_until_ready(step(params, state, batch))  # compile
+        print(f"  {label}: compiled and ran once in {time.perf_counter() - tic:.1f} s", flush=True)
         runs[label] = (step, state)
         if "search step" in label:
             analysis = step.lower(params, state, batch).compile().memory_analysis()
@@ -239,11 +242,12 @@ def bench_model(name, input_shape, rounds, inner, steps_per_epoch, rows=None):
         jax.block_until_ready(fn())
 
     samples = {label: [] for label in [*runs, *search_impls]}
-    for _ in range(rounds):  # interleaved, so drift in machine load hits every variant alike
+    for r in range(rounds):  # interleaved, so drift in machine load hits every variant alike
         for label, (step, state) in runs.items():
             samples[label].append(timed(step, params, state, batch, inner=inner))
         for label, fn in search_impls.items():
             samples[label].append(timed(fn, inner=inner))
+        print(f"  round {r + 1} of {rounds} done", flush=True)
     med = {label: statistics.median(v) for label, v in samples.items()}
 
     ratios = {
@@ -275,7 +279,7 @@ def main() -> None:
         "--resnet-rows",
         choices=("all", "gate"),
         default="all",
-        help="gate: on ResNet-18 only the schedule and search-plan rows (about 20 minutes here)",
+        help="gate: on ResNet-18 only the schedule and search-plan rows",
     )
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps-per-epoch", type=int, default=390)
@@ -295,6 +299,9 @@ def main() -> None:
     for name, shape, rounds, inner, rows in configs:
         print(f"benchmarking {name} (batch 128, {rounds} rounds x {inner} steps) ...", flush=True)
         report["models"][name] = bench_model(name, shape, rounds, inner, args.steps_per_epoch, rows)
+        # Saved after each model: the ResNet-18 part takes long.
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(json.dumps(report, indent=2))
 
     names = list(report["models"])
 

@@ -41,7 +41,10 @@ def test_smoke_frontier_end_to_end(tmp_path):
         for label in ("sgd", "sam+every=2")
     )
     plan = dataclasses.replace(smoke, methods=methods, final_seeds=(0, 1))
-    results = frontier.run_frontier(plan, tmp_path / "out", cache=tmp_path / "cache", log=print)
+    assert [m.label for m in plan.references] == [spec.RECIPE_SGD.label]
+    results = frontier.run_frontier(
+        plan, tmp_path / "out", cache=tmp_path / "cache", time_rounds=1, log=print
+    )
     saved = json.loads((tmp_path / "out" / "frontier.json").read_text())
     assert saved["methods"] == json.loads(json.dumps(results["methods"]))
     sgd, every2 = saved["methods"]["sgd"], saved["methods"]["sam+every=2"]
@@ -53,10 +56,21 @@ def test_smoke_frontier_end_to_end(tmp_path):
     assert len(sgd["test_accuracies"]) == 2
     # SGD is strictly the cheapest by gradients: nothing can dominate it.
     assert sgd["on_gradient_frontier"]
+    # The untuned reference as cheap as SGD is shown, never on a frontier.
+    reference = saved["methods"][spec.RECIPE_SGD.label]
+    assert reference["reference"] and not sgd["reference"]
+    assert reference["gradient_evaluations"] == steps
+    assert not (reference["on_gradient_frontier"] or reference["on_time_frontier"])
+    # The time axis is the timing pass's (one run each), the runs' own kept apart.
+    assert saved["timing"] == {"rounds": 1, "seed": 0}
+    for entry in saved["methods"].values():
+        assert entry["seconds"] > 0 and entry["seconds_in_runs"] > 0
+        assert entry["seconds"] != entry["seconds_in_runs"]
     for name in ("frontier-gradients.png", "frontier-seconds.png"):
         assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     table = frontier.table(saved["methods"])
-    assert table.count("\n") == 3 and "| sam+every=2 | rho=" in table
+    assert table.count("\n") == 4 and "| sam+every=2 | rho=" in table
+    assert f"| {spec.RECIPE_SGD.label} (untuned reference) | lr=0.05 |" in table
     readme = (ROOT / "README.md").read_text()
     refreshed = study.readme_with_tables(readme, {"table": table}, prefix="frontier")
     assert table in refreshed and refreshed != readme

@@ -225,3 +225,23 @@ def test_frontier_joins_the_undominated_means():
     assert bold == {"sgd", "every=2"}
     with pytest.raises(ValueError, match="costs and values must have the same labels"):
         plotting.plot_frontier({"sgd": 1.0}, {"sam": [0.9]}, xlabel="x")
+
+
+def test_frontier_references_are_never_on_it_and_labels_do_not_overlap():
+    # The reference is the cheapest and the most accurate: as a method it would be the whole
+    # frontier. "a" and "b" sit on the same point, "c" just below them.
+    costs = {"ref": 50.0, "a": 100.0, "b": 100.0, "c": 100.0}
+    values = {"ref": [0.99, 0.99], "a": [0.9, 0.9], "b": [0.9, 0.9], "c": [0.8995, 0.8995]}
+    fig = plotting.plot_frontier(costs, values, xlabel="x", references=["ref"])
+    (ax,) = fig.axes
+    x, y = _xy(ax.lines[-1])
+    np.testing.assert_allclose(x, [100.0, 100.0])  # "a" and "b", equal; not the reference
+    texts = {t.get_text(): t for t in ax.texts}
+    assert texts["ref"].get_fontstyle() == "italic" and texts["ref"].get_fontweight() != "bold"
+    fig.canvas.draw()
+    boxes = [texts[label].get_window_extent() for label in ("a", "b", "c")]
+    for i, first in enumerate(boxes):
+        for second in boxes[i + 1 :]:
+            assert not first.overlaps(second)
+    with pytest.raises(ValueError, match=r"references must be labels of costs, got \['nope'\]"):
+        plotting.plot_frontier(costs, values, xlabel="x", references=["nope"])

@@ -601,6 +601,7 @@ def plot_frontier(
     xlabel: str,
     ylabel: str = "final test accuracy",
     log_x: bool = False,
+    references: Sequence[str] = (),
     title: str | None = None,
     path: str | os.PathLike | None = None,
 ) -> Figure:
@@ -608,7 +609,9 @@ def plot_frontier(
 
     A method is on the frontier when no other is both at most as costly and at least as
     accurate on average (`xsam_jax._src.stats.pareto_front`); those are labelled in bold and
-    joined by a dashed line, the others are labelled in grey.
+    joined by a dashed line, the others are labelled in grey. Reference points (e.g. an
+    untuned baseline) are drawn hollow, labelled in italics and never on the frontier. Labels
+    that would overlap are moved apart vertically.
 
     Args:
       costs: label -> the method's cost (e.g. gradient evaluations or seconds per run).
@@ -616,6 +619,7 @@ def plot_frontier(
       xlabel: the x-axis label.
       ylabel: the y-axis label.
       log_x: a logarithmic x axis.
+      references: labels shown for comparison only.
       title: optional figure title.
       path: optional output file.
 
@@ -629,35 +633,77 @@ def plot_frontier(
             f"costs and values must have the same labels, at least one, got {sorted(costs)} "
             f"and {sorted(values)}"
         )
+    unknown = sorted(set(references) - set(costs))
+    if unknown:
+        raise ValueError(f"references must be labels of costs, got {unknown}")
     labels = list(costs)
     x = np.array([float(costs[label]) for label in labels])
     stats = [mean_ci95(values[label]) for label in labels]
     means = np.array([m for m, _ in stats])
     halves = np.array([h if np.isfinite(h) else 0.0 for _, h in stats])
-    front = pareto_front(x, means)
+    reference = np.array([label in references for label in labels])
+    front = np.zeros(len(labels), dtype=bool)
+    front[~reference] = pareto_front(x[~reference], means[~reference])
     fig, (ax,) = _figure(width=6.5, height=4.5)
     ax.errorbar(x, means, yerr=halves, fmt="none", ecolor="0.6", capsize=3)
-    ax.scatter(x[~front], means[~front], color="0.5", zorder=3)
+    others = ~front & ~reference
+    ax.scatter(x[others], means[others], color="0.5", zorder=3)
     ax.scatter(x[front], means[front], color="C3", zorder=4, label="Pareto frontier")
+    if reference.any():
+        ax.scatter(
+            x[reference],
+            means[reference],
+            facecolors="white",
+            edgecolors="0.3",
+            zorder=4,
+            label="reference",
+        )
     order = np.argsort(x[front])
     ax.plot(x[front][order], means[front][order], "--", color="C3")
-    for label, xi, yi, on_front in zip(labels, x, means, front, strict=True):
-        ax.annotate(
-            label,
-            (xi, yi),
-            textcoords="offset points",
-            xytext=(4, 4),
-            fontsize=8,
-            color="black" if on_front else "0.4",
-            fontweight="bold" if on_front else "normal",
-        )
     if log_x:
         ax.set_xscale("log")
+    ax.margins(x=0.08)  # room for the rightmost labels
+    ax.autoscale_view()
+    offsets = _label_offsets(ax, x, means, labels)
+    for i, label in enumerate(labels):
+        ax.annotate(
+            label,
+            (x[i], means[i]),
+            textcoords="offset points",
+            xytext=offsets[i],
+            fontsize=8,
+            color="black" if front[i] else "0.4",
+            fontweight="bold" if front[i] else "normal",
+            fontstyle="italic" if reference[i] else "normal",
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     return _finish(fig, title, path)
+
+
+def _label_offsets(ax, x, y, labels, *, line: float = 10.0, char: float = 4.6):
+    """Offsets in points, (4, 4) where free, so that no two labels' boxes overlap.
+
+    Labels are placed from the top of the plot down; one that would overlap a placed label
+    (estimated boxes: ``char`` points a character, ``line`` points high) moves down a line
+    at a time.
+    """
+    points = ax.transData.transform(np.column_stack([x, y])) * 72.0 / ax.figure.dpi
+    placed: list[tuple[float, float, float]] = []  # (left, bottom, width) in points
+    offsets = [(4.0, 4.0)] * len(labels)
+    for i in sorted(range(len(labels)), key=lambda i: -points[i][1]):
+        left, width = points[i][0] + 4.0, char * len(labels[i])
+        bottom = points[i][1] + 4.0
+        while any(
+            left < pl + pw and pl < left + width and abs(bottom - pb) < line
+            for pl, pb, pw in placed
+        ):
+            bottom -= line
+        placed.append((left, bottom, width))
+        offsets[i] = (4.0, bottom - points[i][1])
+    return offsets
 
 
 def plot_accuracy_bars(

@@ -43,7 +43,9 @@ def one_step(params: Params, x: jax.Array) -> tuple[Params, optax.OptState]:
     tx = optax.chain(xs.xsam(rho=0.15, rho_max=0.3), optax.sgd(0.05, momentum=0.9))
     state = tx.init(params)
     grads = jax.grad(loss)(params, x)
-    updates, state = tx.update(grads, state, params, loss_fn=lambda p: loss(p, x), perturb=True)
+    updates, state = tx.update(
+        grads, state, params, loss_fn=lambda p: loss(p, x), perturb=True, search=True
+    )
     new_params = optax.apply_updates(params, updates)
     assert isinstance(state, tuple) and isinstance(new_params, dict)  # optax's OptState: a union
     xsam_state = state[0]
@@ -55,6 +57,7 @@ def one_step(params: Params, x: jax.Array) -> tuple[Params, optax.OptState]:
 def schedules() -> None:
     plan = xs.perturbed_steps(xs.late_phase(0.05, start_step=8), 10)
     assert_type(plan, np.ndarray)
+    assert_type(xs.search_steps(plan, 5), np.ndarray)
     assert_type(xs.alpha_grid(2.0, 0.1), np.ndarray)
     assert_type(xs.sam(), Tx)
 

@@ -127,12 +127,12 @@ def xsam(
     less often than once a period).
 
     The search sits in a `lax.cond`, so steps that do not search skip the probes. On XLA:CPU
-    that conditional slows *every* step of a convolutional network several-fold (its
-    convolution rewrites skip nested computations; ResNet and 1-D CNN steps, see
-    benchmarks/step_time.py), so a loop that knows its step count can fix the decision when
-    the step is traced: ``update(..., search=True)`` on the steps `xsam_jax.search_steps`
-    marks, ``search=False`` on the others, with the train step jitted with
-    ``static_argnames=("perturb", "search")``; two compiled programs, no conditional.
+    that conditional slows *every* step of a convolutional network several-fold (a 1-D CNN's
+    non-searching step: 4.0× SAM's, 1.00× planned; benchmarks/step_time.py), so a loop that
+    knows its step count can fix the decision when the step is traced:
+    ``update(..., search=True)`` on the steps `xsam_jax.search_steps` marks, ``search=False``
+    on the others, with the train step jitted with ``static_argnames=("perturb", "search")``;
+    two compiled programs, no conditional.
     ``search=True`` still searches only if a search is due (a select, at the probes' cost);
     ``search=False`` on a step where a search is due makes α* NaN, so a wrong plan cannot
     pass unnoticed. The training stack (`xsam_jax.training`, ``xsam-train``) does this.
