@@ -76,7 +76,7 @@ RATIOS = {
     "python loop / vmapped search": ("python loop search", "vmapped search"),
     "python loop / lax.map search": ("python loop search", "lax.map search"),
 }
-# `--rows gate`: what the schedules and the search plan change, for the slow models.
+# `--resnet-rows gate`: what the schedules and the search plan change, for the slow models.
 GATE_ROWS = (
     "sgd",
     "sam",
