@@ -43,6 +43,7 @@ def test_train_writes_metrics_plot_and_checkpoint(tmp_path):
         "final_test_accuracy",
         "final_train_accuracy",
         "seconds",
+        "compile_seconds",
         "gradient_evaluations",
         "probe_evaluations",
     }

@@ -222,6 +222,48 @@ def test_cost_counts_the_gradients_and_probes_of_the_plan(flags, gradients, prob
     }
 
 
+@pytest.mark.parametrize(
+    "flags,programs",
+    [
+        (["--optimizer", "sgd"], 1),
+        # SGD's program until the switch, SAM's after it.
+        (["--optimizer", "sam+late=0.5"], 2),
+        # Plain steps, then XSAM's search step (step 11) and its non-search steps.
+        (["--optimizer", "xsam+late=0.5"], 3),
+    ],
+)
+def test_run_compiles_the_planned_programs_before_the_timed_steps(monkeypatch, flags, programs):
+    """Every program of the plan compiles before the first step, and no train step traces or
+    compiles while the epochs are timed (a late phase's second program included)."""
+    events = []
+    phase = ["building"]
+    original = _Run.compile_programs
+
+    def compile_programs(self, first_step):
+        phase[0] = "compiling"
+        seconds = original(self, first_step)
+        phase[0] = "training"
+        return seconds
+
+    def listen(event, duration, **kwargs):
+        # Tracing names the function, lowering and compiling its jit.
+        if kwargs.get("fun_name") in ("train_step", "jit(train_step)"):
+            events.append((phase[0], event.rsplit("/", 1)[-1]))
+
+    monkeypatch.setattr(_Run, "compile_programs", compile_programs)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        result = experiment.run(config_from_flags(flags), progress=False, test=False)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert events.count(("compiling", "backend_compile_duration")) == programs
+    assert [e for e in events if e[0] != "compiling"] == []
+    assert result["compile_seconds"] > 0
+    assert result["seconds"] == pytest.approx(
+        result["compile_seconds"] + sum(h["seconds"] for h in result["history"])
+    )
+
+
 def test_variants_and_aliases():
     assert experiment.parse_variant("xsam+adaptive+late=0.75") == {
         "optimizer": "xsam",
