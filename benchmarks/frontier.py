@@ -10,10 +10,7 @@ with its own parameter fixed:
 - late-phase SAM (SGD for the first 75 % of the steps, Zhou et al. 2025);
 - SAM on every 2nd / 5th step (`xs.periodic`), on a random half / fifth of the steps
   (`xs.randomized`, Zhao et al. 2022);
-- LookSAM every 5 steps, Friendly-SAM, VaSSO and Fisher SAM at their papers' defaults. These
-  come with the methods of branch g-methods: a method whose optimizer `experiment.METHODS`
-  does not know, or whose fields `TrainConfig` lacks, is skipped with a notice (and listed
-  under "skipped" in the JSON) until that branch is merged.
+- LookSAM every 5 steps, Friendly-SAM, VaSSO and Fisher SAM at their papers' defaults.
 
 The study's untuned reference, SGD at the learning rate every sharpness-aware run uses
 (`spec.RECIPE_SGD`, its cached runs), is shown as a point of comparison, never on the frontier:
@@ -68,7 +65,6 @@ OTHER_METHODS = (
     spec.Method("sam+every=5", {"optimizer": "sam", "perturb_every": 5}, RHO_GRID),
     spec.Method("sam+random=0.5", {"optimizer": "sam", "perturb_probability": 0.5}, RHO_GRID),
     spec.Method("sam+random=0.2", {"optimizer": "sam", "perturb_probability": 0.2}, RHO_GRID),
-    # Branch g-methods (names as it spells them).
     spec.Method("looksam", {"optimizer": "looksam", "looksam_every": 5}, RHO_GRID),
     spec.Method("fsam", {"optimizer": "fsam"}, RHO_GRID),
     spec.Method("vasso", {"optimizer": "vasso"}, RHO_GRID),
@@ -76,31 +72,21 @@ OTHER_METHODS = (
 )
 
 
-def _available(method: spec.Method) -> bool:
-    """Whether this version can run the method: its optimizer and fields exist."""
-    fields = {f.name for f in dataclasses.fields(experiment.TrainConfig)}
-    return method.fields["optimizer"] in experiment.METHODS and set(method.fields) <= fields
-
-
-def frontier_plan(smoke: bool = False) -> tuple[spec.Plan, list[str]]:
-    """The frontier's plan on the study's setting, seeds and grids, and the labels skipped.
+def frontier_plan(smoke: bool = False) -> spec.Plan:
+    """The frontier's plan on the study's setting, seeds and grids.
 
     Args:
       smoke: the study's smoke version instead (digits, 2 epochs, two grid points, its seeds).
 
     Returns:
-      `(plan, skipped)`: a `spec.Plan` whose SGD, SAM and XSAM are the study plan's very
-      methods, and the labels of methods this version cannot run yet.
+      A `spec.Plan` whose SGD, SAM and XSAM are the study plan's very methods.
     """
     base = spec.smoke_plan() if smoke else spec.full_plan()
     setting = base.settings[0] if smoke else base.setting(SETTING)
     grid_size = len(base.method("sam").grid)
     others = [dataclasses.replace(m, grid=m.grid[:grid_size]) for m in OTHER_METHODS]
-    candidates = [base.method(label) for label in STUDY_METHODS] + others
-    methods = tuple(m for m in candidates if _available(m))
-    skipped = [m.label for m in candidates if not _available(m)]
-    plan = dataclasses.replace(base, settings=(setting,), methods=methods)
-    return plan, skipped
+    methods = (*(base.method(label) for label in STUDY_METHODS), *others)
+    return dataclasses.replace(base, settings=(setting,), methods=methods)
 
 
 def summarise(
@@ -216,7 +202,6 @@ def run_frontier(
     out: str | pathlib.Path,
     *,
     cache: str | pathlib.Path,
-    skipped: Sequence[str] = (),
     workers: int = 1,
     jit_cache: str | None = None,
     time_rounds: int = 0,
@@ -228,7 +213,6 @@ def run_frontier(
       plan: what to run (`frontier_plan`).
       out: directory for frontier.json, tables.md and the two PNGs.
       cache: the run cache; the study's makes its SGD, SAM and XSAM runs cache hits.
-      skipped: labels left out of the plan, recorded in the JSON.
       workers: training processes at once.
       jit_cache: persistent compilation cache directory for the workers, or None.
       time_rounds: timed rounds of `time_methods` for the time axis; 0 uses the runs' own
@@ -252,7 +236,6 @@ def run_frontier(
 
     results = {
         "plan": plan_description(plan),
-        "skipped": list(skipped),
         "methods": summary,
         "timing": {"rounds": time_rounds, "seed": 0} if time_rounds else "the runs' own",
         "environment": {
@@ -312,16 +295,13 @@ def main(argv: list[str] | None = None) -> int:
 
     cache = args.cache or cache_dir() / "study"
     jit_cache = None if args.no_jit_cache else str(cache_dir() / "xla")
-    plan, skipped = frontier_plan(args.smoke)
-    for label in skipped:
-        print(f"skipping {label}: this version has no such optimizer or field yet")
+    plan = frontier_plan(args.smoke)
     if args.time_rounds < 0:
         parser.error(f"--time-rounds must be an integer >= 0, got {args.time_rounds}")
     results = run_frontier(
         plan,
         args.out,
         cache=cache,
-        skipped=skipped,
         workers=args.workers,
         jit_cache=jit_cache,
         time_rounds=args.time_rounds,

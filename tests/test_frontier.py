@@ -15,7 +15,7 @@ _spec.loader.exec_module(frontier)
 
 
 def test_the_plan_is_the_studys_setting_seeds_and_methods():
-    plan, skipped = frontier.frontier_plan()
+    plan = frontier.frontier_plan()
     full = spec.full_plan()
     assert plan.settings == (full.setting("mnist1d/cnn1d"),)
     assert (plan.tuning_seeds, plan.final_seeds) == (full.tuning_seeds, full.final_seeds)
@@ -25,17 +25,16 @@ def test_the_plan_is_the_studys_setting_seeds_and_methods():
         assert plan.method(label) == full.method(label)
     assert {len(m.grid) for m in plan.methods} == {spec.GRID_SIZE}
     labels = [m.label for m in plan.methods]
-    pending = [m.label for m in frontier.OTHER_METHODS if m.label not in labels]
-    assert skipped == pending
-    # Only methods this version cannot build are skipped.
-    for label in skipped:
-        method = next(m for m in frontier.OTHER_METHODS if m.label == label)
-        assert method.fields["optimizer"] not in experiment.METHODS
-    assert {"sam+every=2", "sam+every=5", "sam+random=0.5", "sam+random=0.2"} <= set(labels)
+    assert labels == [*frontier.STUDY_METHODS, *(m.label for m in frontier.OTHER_METHODS)]
+    # Every method is one `xsam-train` runs, with fields `TrainConfig` has.
+    fields = {f.name for f in dataclasses.fields(experiment.TrainConfig)}
+    for method in plan.methods:
+        assert method.fields.get("optimizer", "sgd") in experiment.METHODS
+        assert set(method.fields) <= fields
 
 
 def test_smoke_frontier_end_to_end(tmp_path):
-    smoke, _ = frontier.frontier_plan(smoke=True)
+    smoke = frontier.frontier_plan(smoke=True)
     methods = tuple(
         dataclasses.replace(smoke.method(label), grid=smoke.method(label).grid[:1])
         for label in ("sgd", "sam+every=2")

@@ -9,6 +9,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.text import Text  # noqa: E402
 
 from xsam_jax import plotting  # noqa: E402
 
@@ -239,9 +240,13 @@ def test_frontier_references_are_never_on_it_and_labels_do_not_overlap():
     texts = {t.get_text(): t for t in ax.texts}
     assert texts["ref"].get_fontstyle() == "italic" and texts["ref"].get_fontweight() != "bold"
     fig.canvas.draw()
-    boxes = [texts[label].get_window_extent() for label in ("a", "b", "c")]
+    # The text's own box (an annotation's extent also covers its line to the point).
+    boxes = [Text.get_window_extent(texts[label]) for label in ("a", "b", "c")]
     for i, first in enumerate(boxes):
         for second in boxes[i + 1 :]:
             assert not first.overlaps(second)
+    # Placed from the top down: "a" stays by its point, "b" and "c" move and get a line to it.
+    assert texts["a"].arrow_patch is None and texts["ref"].arrow_patch is None
+    assert texts["b"].arrow_patch is not None and texts["c"].arrow_patch is not None
     with pytest.raises(ValueError, match=r"references must be labels of costs, got \['nope'\]"):
         plotting.plot_frontier(costs, values, xlabel="x", references=["nope"])

@@ -666,11 +666,14 @@ def plot_frontier(
     ax.autoscale_view()
     offsets = _label_offsets(ax, x, means, labels)
     for i, label in enumerate(labels):
+        # A label moved off its point (to clear another) gets a thin line back to it.
+        moved = offsets[i] != _LABEL_OFFSET
         ax.annotate(
             label,
             (x[i], means[i]),
             textcoords="offset points",
             xytext=offsets[i],
+            arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if moved else None,
             fontsize=8,
             color="black" if front[i] else "0.4",
             fontweight="bold" if front[i] else "normal",
@@ -683,8 +686,11 @@ def plot_frontier(
     return _finish(fig, title, path)
 
 
+_LABEL_OFFSET = (4.0, 4.0)  # points right of and above a label's point, where it is free
+
+
 def _label_offsets(ax, x, y, labels, *, line: float = 10.0, char: float = 4.6):
-    """Offsets in points, (4, 4) where free, so that no two labels' boxes overlap.
+    """Offsets in points, `_LABEL_OFFSET` where free, so that no two labels' boxes overlap.
 
     Labels are placed from the top of the plot down; one that would overlap a placed label
     (estimated boxes: ``char`` points a character, ``line`` points high) moves down a line
@@ -692,17 +698,18 @@ def _label_offsets(ax, x, y, labels, *, line: float = 10.0, char: float = 4.6):
     """
     points = ax.transData.transform(np.column_stack([x, y])) * 72.0 / ax.figure.dpi
     placed: list[tuple[float, float, float]] = []  # (left, bottom, width) in points
-    offsets = [(4.0, 4.0)] * len(labels)
+    dx, dy = _LABEL_OFFSET
+    offsets = [_LABEL_OFFSET] * len(labels)
     for i in sorted(range(len(labels)), key=lambda i: -points[i][1]):
-        left, width = points[i][0] + 4.0, char * len(labels[i])
-        bottom = points[i][1] + 4.0
+        left, width = points[i][0] + dx, char * len(labels[i])
+        bottom = points[i][1] + dy
         while any(
             left < pl + pw and pl < left + width and abs(bottom - pb) < line
             for pl, pb, pw in placed
         ):
             bottom -= line
         placed.append((left, bottom, width))
-        offsets[i] = (4.0, bottom - points[i][1])
+        offsets[i] = (dx, bottom - points[i][1])
     return offsets
 
 

@@ -127,7 +127,9 @@ def readme_with_tables(readme: str, tables: dict[str, str], prefix: str = "study
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="xsam-study", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="xsam-study", description="The seeded, validated study of the SAM family and XSAM."
+    )
     p.add_argument(
         "--out",
         default=str(RESULTS),
