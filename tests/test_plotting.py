@@ -245,8 +245,9 @@ def test_frontier_references_are_never_on_it_and_labels_do_not_overlap():
     for i, first in enumerate(boxes):
         for second in boxes[i + 1 :]:
             assert not first.overlaps(second)
-    # Placed from the top down: "a" stays by its point, "b" and "c" move and get a line to it.
-    assert texts["a"].arrow_patch is None and texts["ref"].arrow_patch is None
-    assert texts["b"].arrow_patch is not None and texts["c"].arrow_patch is not None
+    # Nothing is near the reference: its label stays by its point, with no line. Of three
+    # labels on (nearly) one point two at least must move, each with a line back to it.
+    assert texts["ref"].arrow_patch is None
+    assert sum(texts[label].arrow_patch is not None for label in "abc") >= 2
     with pytest.raises(ValueError, match=r"references must be labels of costs, got \['nope'\]"):
         plotting.plot_frontier(costs, values, xlabel="x", references=["nope"])

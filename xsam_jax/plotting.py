@@ -664,53 +664,82 @@ def plot_frontier(
         ax.set_xscale("log")
     ax.margins(x=0.08)  # room for the rightmost labels
     ax.autoscale_view()
-    offsets = _label_offsets(ax, x, means, labels)
-    for i, label in enumerate(labels):
-        # A label moved off its point (to clear another) gets a thin line back to it.
-        moved = offsets[i] != _LABEL_OFFSET
-        ax.annotate(
-            label,
-            (x[i], means[i]),
-            textcoords="offset points",
-            xytext=offsets[i],
-            arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.6} if moved else None,
-            fontsize=8,
-            color="black" if front[i] else "0.4",
-            fontweight="bold" if front[i] else "normal",
-            fontstyle="italic" if reference[i] else "normal",
-        )
+    styles = [
+        {
+            "color": "black" if front[i] else "0.4",
+            "fontweight": "bold" if front[i] else "normal",
+            "fontstyle": "italic" if reference[i] else "normal",
+        }
+        for i in range(len(labels))
+    ]
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
+    if title is not None:
+        fig.suptitle(title)  # before the labels: it moves the axes
+    _annotate_apart(ax, x, means, labels, styles)
     return _finish(fig, title, path)
 
 
 _LABEL_OFFSET = (4.0, 4.0)  # points right of and above a label's point, where it is free
 
 
-def _label_offsets(ax, x, y, labels, *, line: float = 10.0, char: float = 4.6):
-    """Offsets in points, `_LABEL_OFFSET` where free, so that no two labels' boxes overlap.
+def _text_box(annotation, renderer):
+    """The box of an annotation's text alone, without its line, at its current position."""
+    from matplotlib.text import Text
 
-    Labels are placed from the top of the plot down; one that would overlap a placed label
-    (estimated boxes: ``char`` points a character, ``line`` points high) moves down a line
-    at a time.
+    annotation.update_positions(renderer)
+    return Text.get_window_extent(annotation, renderer)
+
+
+def _fits(text, spot, renderer, frame, others) -> bool:
+    """Whether `text` at offset `spot` lies inside `frame` and overlaps none of `others`."""
+    text.set_position(spot)
+    box = _text_box(text, renderer)
+    inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 <= box.y1 <= frame.y1
+    return inside and not any(box.overlaps(other) for other in others)
+
+
+def _annotate_apart(ax, x, y, labels, styles, *, marker: float = 4.0) -> None:
+    """Labels each point so that no label overlaps another label, another point or the legend.
+
+    Labels are placed from the top of the plot down, each at the first free spot, judged by
+    the rendered text's box: right of its point (`_LABEL_OFFSET`), then left of it, then a
+    line further down or up at a time, inside the axes. A label that had to move gets a thin
+    line back to its point; one with no free spot keeps the first.
     """
-    points = ax.transData.transform(np.column_stack([x, y])) * 72.0 / ax.figure.dpi
-    placed: list[tuple[float, float, float]] = []  # (left, bottom, width) in points
+    from matplotlib.transforms import Bbox
+
+    fig = ax.figure
+    fig.draw_without_rendering()  # settle the layout: data-to-pixel positions are final
+    renderer = fig.canvas.get_renderer()
+    scale = fig.dpi / 72.0  # points to pixels
+    frame = ax.get_window_extent(renderer)
+    pixels = ax.transData.transform(np.column_stack([x, y]))
+    size = marker * scale
+    occupied = [Bbox.from_extents(px - size, py - size, px + size, py + size) for px, py in pixels]
+    if ax.get_legend() is not None:
+        occupied.append(ax.get_legend().get_window_extent(renderer))
     dx, dy = _LABEL_OFFSET
-    offsets = [_LABEL_OFFSET] * len(labels)
-    for i in sorted(range(len(labels)), key=lambda i: -points[i][1]):
-        left, width = points[i][0] + dx, char * len(labels[i])
-        bottom = points[i][1] + dy
-        while any(
-            left < pl + pw and pl < left + width and abs(bottom - pb) < line
-            for pl, pb, pw in placed
-        ):
-            bottom -= line
-        placed.append((left, bottom, width))
-        offsets[i] = (dx, bottom - points[i][1])
-    return offsets
+    for i in sorted(range(len(labels)), key=lambda i: -pixels[i][1]):
+        options = {"textcoords": "offset points", "fontsize": 8, **styles[i]}
+        text = ax.annotate(labels[i], (x[i], y[i]), xytext=_LABEL_OFFSET, **options)
+        extent = _text_box(text, renderer)
+        width, line = extent.width / scale, extent.height / scale  # in points
+        others = [box for j, box in enumerate(occupied) if j != i]  # its own point may touch
+        shifts = [0.0, *(sign * k * line for k in range(1, 8) for sign in (-1.0, 1.0))]
+        spots = [(ox, dy + shift) for shift in shifts for ox in (dx, -dx - width)]
+        chosen = next(
+            (spot for spot in spots if _fits(text, spot, renderer, frame, others)), _LABEL_OFFSET
+        )
+        if chosen != _LABEL_OFFSET:
+            text.remove()
+            arrow = {"arrowstyle": "-", "color": "0.6", "lw": 0.6}
+            text = ax.annotate(labels[i], (x[i], y[i]), xytext=chosen, arrowprops=arrow, **options)
+        else:
+            text.set_position(chosen)
+        occupied.append(_text_box(text, renderer))
 
 
 def plot_accuracy_bars(
