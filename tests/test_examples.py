@@ -33,7 +33,7 @@ def test_late_phase_example(capsys, monkeypatch):
     assert [r[0] for r in rows] == ["sgd", "late-sam", "sam"]
     for name, accuracy, seconds in rows:
         assert accuracy == runs[name]["final_test_accuracy"]
-        assert seconds == pytest.approx(sum(h["seconds"] for h in runs[name]["history"]))
+        assert seconds == runs[name]["seconds"]
     assert runs["late-sam"]["config"]["late_phase_start"] == 0.67
     assert "| late-sam |" in capsys.readouterr().out
 
