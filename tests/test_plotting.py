@@ -207,6 +207,25 @@ def test_training_curves_without_alpha_have_two_panels():
     assert [ax.get_title() for ax in fig.axes] == ["loss (train dashed, test solid)", "accuracy"]
 
 
+def test_curve_panels_one_colour_per_label_and_one_legend_below_the_panels():
+    curves = {
+        "alpha": {"xsam": [[1.0, 1.2], [1.1, 1.3]]},
+        "ratio": {"sam": [[1.0, 2.0]], "xsam": [[1.5, 1.0], [1.4, 1.2]]},
+    }
+    fig = plotting.plot_curve_panels(curves, {"alpha": "α*", "ratio": "ratio"})
+    alpha, ratio = fig.axes
+    assert alpha.get_legend() is None and ratio.get_legend() is None  # none covers a panel
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["sam (1 seed)", "xsam (2 seeds)"]
+    # The same label, the same colour in every panel; the mean of the seeds is drawn.
+    xsam_lines = [line for ax in fig.axes for line in ax.lines if "xsam" in line.get_label()]
+    assert len({line.get_color() for line in xsam_lines}) == 1
+    np.testing.assert_allclose(_xy(xsam_lines[0])[1], [1.05, 1.25])
+    fig.canvas.draw()
+    below = legend.get_window_extent()
+    assert all(below.y1 <= ax.get_window_extent().y0 for ax in fig.axes)
+
+
 def test_frontier_joins_the_undominated_means():
     costs = {"sgd": 100.0, "sam": 200.0, "every=2": 150.0, "late": 125.0}
     values = {

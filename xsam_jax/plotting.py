@@ -470,7 +470,8 @@ def _bands(
         epochs = np.arange(1, values.shape[1] + 1)
         mean = np.nanmean(values, axis=0) if np.isfinite(values).any() else values[0]
         spread = np.nanstd(values, axis=0, ddof=1) if len(values) > 1 else np.zeros_like(mean)
-        ax.plot(epochs, mean, color=color, label=f"{label} ({len(values)} seeds)")
+        seeds = f"{len(values)} seed{'s' if len(values) != 1 else ''}"
+        ax.plot(epochs, mean, color=color, label=f"{label} ({seeds})")
         ax.fill_between(epochs, mean - spread, mean + spread, color=color, alpha=0.2, linewidth=0)
     _epoch_axis(ax)
     ax.set_xlabel(xlabel)
@@ -539,9 +540,12 @@ def plot_curve_panels(
         ax.set_ylabel(ylabel)
         if hlines and name in hlines:
             ax.axhline(hlines[name], color="0.4", linestyle=":", linewidth=1)
-    # The legend where the most labels are drawn.
+    # One legend for all panels, below them: inside a panel it would cover its curves.
     fullest = max(range(len(axes)), key=lambda i: len(curves[list(ylabels)[i]]))
-    axes[fullest].legend(fontsize="small", loc="best")
+    handles, names = axes[fullest].get_legend_handles_labels()
+    fig.legend(
+        handles, names, loc="outside lower center", ncols=min(len(names), 5), fontsize="small"
+    )
     return _finish(fig, title, path)
 
 
