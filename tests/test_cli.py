@@ -13,6 +13,7 @@ from flax import nnx
 
 import xsam_jax as xs
 from xsam_jax import cli, data, experiment, training
+from xsam_jax._src.validation import InvalidArgumentError
 
 FAST = ["--dataset", "digits", "--epochs", "2", "--no-progress"]
 
@@ -153,6 +154,22 @@ def test_interrupted_run_resumes_bit_exactly(
         np.testing.assert_array_equal(a, b)
 
 
+def test_checkpoint_every_saves_on_its_epochs_and_after_the_last(tmp_path, monkeypatch):
+    saved = []
+    original_save = training.Checkpointer.save
+
+    def recording_save(self, state, **kw):
+        saved.append(int(state.step))
+        original_save(self, state, **kw)
+
+    monkeypatch.setattr(training.Checkpointer, "save", recording_save)
+    flags = [*FAST, "--epochs", "3", "--optimizer", "sgd", "--out", str(tmp_path / "run")]
+    assert cli.main([*flags, "--checkpoint-every", "2"]) == 0
+    assert saved == [22, 33]  # after epoch 2 (11 steps an epoch) and after the last, 3
+    with pytest.raises(InvalidArgumentError, match="checkpoint_every must be an integer >= 1"):
+        experiment.run(experiment.TrainConfig(dataset="digits"), checkpoint_every=0)
+
+
 def test_resume_with_every_checkpoint_damaged_is_one_clear_error(
     three_epochs, tmp_path, monkeypatch, capfd, damage
 ):
@@ -264,6 +281,7 @@ def test_compare_with_seeds_writes_intervals_paired_differences_and_plots(tmp_pa
             "method), got 16",
         ),
         (["--resume"], "--resume needs --out"),
+        (["--checkpoint-every", "0"], "--checkpoint-every must be an integer >= 1, got 0"),
         (["--perturb-every", "0"], "--perturb-every must be an integer >= 1, got 0"),
         (
             ["--perturb-probability", "0"],

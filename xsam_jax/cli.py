@@ -289,6 +289,14 @@ def build_parser(recipe: str | None = None) -> argparse.ArgumentParser:
         help="write metrics.json, curves.png and the checkpoint here",
     )
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with --out, save the checkpoint every N epochs and after the last (default 1; "
+        "on small, fast models each save slows the next epoch)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
         "--jit-cache",
@@ -391,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     base = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     if args.resume and not args.out:
         parser.error("--resume needs --out DIR (where the checkpoint is)")
+    if args.checkpoint_every < 1:
+        parser.error(f"--checkpoint-every must be an integer >= 1, got {args.checkpoint_every}")
     if args.baseline is not None and args.baseline not in (args.compare or []):
         parser.error(f"--baseline must be one of the --compare variants, got {args.baseline!r}")
     configs = _configs(args, base)
@@ -419,7 +429,11 @@ def main(argv: list[str] | None = None) -> int:
                 if out and multiple:
                     out = str(pathlib.Path(out) / f"{label}_seed{config.seed}")
                 result = experiment.run(
-                    config, out=out, resume=args.resume, progress=not args.no_progress
+                    config,
+                    out=out,
+                    resume=args.resume,
+                    checkpoint_every=args.checkpoint_every,
+                    progress=not args.no_progress,
                 )
                 results.setdefault(label, []).append(result)
                 if lead:

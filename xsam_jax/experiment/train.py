@@ -19,7 +19,7 @@ from flax import nnx
 
 import xsam_jax as xs
 from xsam_jax import data, landscape, models, plotting, sharpness, training
-from xsam_jax._src.validation import InvalidArgumentError
+from xsam_jax._src.validation import InvalidArgumentError, check_int
 from xsam_jax.data.dataset import Split
 from xsam_jax.experiment.config import PAPER_RHO, TrainConfig, default_radii
 from xsam_jax.experiment.optimizers import cost, make_optimizer, perturb_plan, search_plan
@@ -270,6 +270,7 @@ def run(
     *,
     out: str | pathlib.Path | None = None,
     resume: bool = False,
+    checkpoint_every: int = 1,
     progress: bool = True,
     test: bool = True,
     diagnostics: bool = False,
@@ -287,6 +288,10 @@ def run(
         stored resolved (`TrainConfig.resolved`).
       out: directory for `metrics.json`, `curves.png` and `checkpoint/`, or None.
       resume: continue from the latest readable checkpoint in `out` (its config must match).
+      checkpoint_every: with `out`, save a checkpoint after every this many epochs and after
+        the last. Each save writes in background threads while the next epoch trains, which
+        on small, fast steps slows them (see the README's performance section); a resumed
+        run redoes the epochs since the last save.
       progress: show a progress bar (steps, rate, ETA, loss, accuracy, α*) on stderr.
       test: evaluate on the test split. Tuning passes False (with a validation split), so the
         test set is never read while anything is chosen.
@@ -307,6 +312,7 @@ def run(
     """
     from tqdm.auto import tqdm
 
+    check_int("checkpoint_every", checkpoint_every, low=1)
     config = config.resolved()
     built = _Run(config)
     lead = jax.process_index() == 0  # the process that reports and writes the outputs
@@ -316,7 +322,7 @@ def run(
     checkpointer = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        # Two, so that a damaged latest checkpoint costs one epoch, not the run.
+        # Two, so that a damaged latest checkpoint costs one period, not the run.
         checkpointer = training.Checkpointer(out / "checkpoint", max_to_keep=2)
         if resume and checkpointer.latest_step() is not None:
 
@@ -391,7 +397,8 @@ def run(
             if lead:
                 bar.write(f"epoch {epoch + 1}: the loss is not finite; stopping")
             break
-        if checkpointer is not None:
+        due = (epoch + 1) % checkpoint_every == 0 or epoch + 1 == config.epochs
+        if checkpointer is not None and due:
             checkpointer.save(built.state, metadata={"config": saved_config, "history": history})
     bar.close()
     result: dict[str, Any] = {
