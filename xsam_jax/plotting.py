@@ -614,8 +614,9 @@ def plot_frontier(
     A method is on the frontier when no other is both at most as costly and at least as
     accurate on average (`xsam_jax._src.stats.pareto_front`); those are labelled in bold and
     joined by a dashed line, the others are labelled in grey. Reference points (e.g. an
-    untuned baseline) are drawn hollow, labelled in italics and never on the frontier. Labels
-    that would overlap are moved apart vertically.
+    untuned baseline) are drawn hollow, labelled in italics and never on the frontier. A label
+    that would overlap another label, another point or the legend moves to a free spot, with a
+    thin line back to its point.
 
     Args:
       costs: label -> the method's cost (e.g. gradient evaluations or seconds per run).
@@ -683,7 +684,7 @@ def plot_frontier(
     if title is not None:
         fig.suptitle(title)  # before the labels: it moves the axes
     _annotate_apart(ax, x, means, labels, styles)
-    return _finish(fig, title, path)
+    return _finish(fig, None, path)  # the title is set
 
 
 _LABEL_OFFSET = (4.0, 4.0)  # points right of and above a label's point, where it is free
